@@ -1,0 +1,213 @@
+"""The schema of every config group, as dataclasses registered in Hydra's ConfigStore.
+
+Each YAML file under configs/ is a small delta on these defaults. The primary config is structured, so a key
+that is not declared here (a typo such as ``trainer.max_step``) or a value of the wrong type fails at
+composition, before anything runs or is submitted. A field's comment is its help text.
+
+This module is imported on the submission side: it must stay free of torch, lightning and friends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+
+@dataclass
+class TaskConfig:
+    # which LightningModule runs: "translation" (seq2seq, BLEU) or "language_modeling" (causal LM, perplexity)
+    name: str = MISSING
+    # translation: beams and length used when generating text for validation BLEU
+    num_beams: int = 1
+    max_generate_length: int = 64
+    # how many validation translations to print and log as samples after each validation
+    log_samples: int = 3
+
+
+@dataclass
+class DatasetConfig:
+    # Hugging Face dataset id and subset for load_dataset (e.g. "wmt16", "ro-en"); ignored when data_files is set
+    name: Optional[str] = None
+    subset: Optional[str] = None
+    # local files by split, e.g. {train: a.jsonl, validation: b.jsonl}; read with load_dataset("json"/"text", ...)
+    data_files: Optional[Dict[str, str]] = None
+    # "none", or "translation"/"language_modeling": make a small learnable data set in code, then load it as files
+    synthetic: str = "none"
+    synthetic_train_size: int = 4000
+    synthetic_val_size: int = 200
+    # seed of the synthetic generator: another seed gives other sentences (and other cached files)
+    synthetic_seed: int = 0
+    train_split: str = "train"
+    validation_split: str = "validation"
+    # translation pairs are {"translation": {source_language: ..., target_language: ...}}
+    source_language: Optional[str] = None
+    target_language: Optional[str] = None
+    # T5-style prefix put in front of every source sentence (empty for none)
+    source_prefix: str = ""
+    max_source_length: int = 128
+    max_target_length: int = 128
+    # language modeling: the text column and the length of the token blocks the text is packed into
+    text_column: str = "text"
+    block_size: int = 128
+    # cap the number of examples (after loading) for quick runs; null keeps them all
+    max_train_samples: Optional[int] = None
+    max_val_samples: Optional[int] = None
+    batch_size: int = 16
+    eval_batch_size: int = 32
+    num_workers: int = 0
+    # where tokenized data, generated data and trained tokenizers are cached (shared by all runs)
+    cache_dir: str = "${oc.env:ZERORUN_CACHE,${oc.env:HOME}/.cache/zerorun}"
+
+
+@dataclass
+class TokenizerConfig:
+    # hub name or local path for AutoTokenizer.from_pretrained; null trains a byte-level BPE tokenizer offline
+    name_or_path: Optional[str] = None
+    # offline training: vocabulary size and how many training texts it reads
+    vocab_size: int = 1000
+    train_samples: int = 20000
+
+
+@dataclass
+class BackboneConfig:
+    # hub name or local path for from_pretrained; null builds model_type from model_config with random weights
+    pretrained_model_name_or_path: Optional[str] = None
+    model_type: Optional[str] = None
+    # keyword arguments of the transformers config (AutoConfig.for_model(model_type, **model_config))
+    model_config: Dict[str, Any] = field(default_factory=dict)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+
+@dataclass
+class OptimizerConfig:
+    # "adamw"; with optimizer offload DeepSpeed's CPU Adam (AdamW mode) is used in its place automatically
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+
+@dataclass
+class SchedulerConfig:
+    # "linear_warmup" (linear warm-up, then linear decay to 0 at trainer.max_steps) or "constant"
+    name: str = "linear_warmup"
+    warmup_steps: int = 0
+    # used when warmup_steps is 0: warm up over this fraction of trainer.max_steps
+    warmup_ratio: float = 0.1
+
+
+@dataclass
+class StrategyConfig:
+    # "auto" (single device), "ddp" or "deepspeed"
+    name: str = "auto"
+    # ZeRO stage; this project supports stage 2
+    stage: int = 2
+    # ZeRO-Offload: keep optimizer state and step on the CPU (needs name=deepspeed)
+    offload_optimizer: bool = False
+    # DeepSpeed bucket sizes in elements; null: 2e8 on GPUs, 1e6 on CPU (2e8 on CPU costs two 800 MB buffers a step)
+    reduce_bucket_size: Optional[int] = None
+    allgather_bucket_size: Optional[int] = None
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    # DDP: gradient bucket size in MB; null keeps torch's default
+    bucket_cap_mb: Optional[float] = None
+    find_unused_parameters: bool = False
+
+
+@dataclass
+class CheckpointConfig:
+    # save a checkpoint every N optimizer steps (0: only at the end and when a stop is asked for)
+    every_n_steps: int = 0
+    # keep this many checkpoints; older ones are deleted after a newer one is complete
+    keep_last: int = 2
+    save_at_end: bool = True
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    # processes per node and nodes; they follow the cluster geometry unless set by hand
+    devices: int = "${cluster.tasks_per_node}"  # type: ignore[assignment]
+    num_nodes: int = "${cluster.nodes}"  # type: ignore[assignment]
+    # "auto": bf16-mixed for DeepSpeed on GPUs, 32-true on CPU; or any Lightning precision string
+    precision: str = "auto"
+    max_steps: int = 1000
+    val_check_interval: int = 200
+    limit_val_batches: Optional[int] = None
+    log_every_n_steps: int = 10
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    deterministic: bool = False
+    # "tensorboard" or "csv"
+    logger: str = "tensorboard"
+    enable_progress_bar: bool = True
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+
+@dataclass
+class ClusterConfig:
+    # "local" runs the ranks on this machine with the Slurm environment contract; "slurm" submits with sbatch
+    backend: str = "local"
+    nodes: int = 1
+    # 0 means CPU ranks: set tasks_per_node explicitly then
+    gpus_per_node: int = 0
+    tasks_per_node: int = 1
+    cpus_per_task: int = 1
+    # memory per node as Slurm writes it ("32G"); null asks for nothing
+    mem: Optional[str] = None
+    # time limit in minutes
+    time_min: int = 60
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    exclude: Optional[str] = None
+    exclusive: bool = False
+    # the one signal zerorun asks Slurm for, and how many seconds before the time limit it comes
+    signal: str = "USR2"
+    signal_delay_s: int = 120
+    # shell lines run before the ranks start (module load, conda or venv activation)
+    setup: List[str] = field(default_factory=list)
+    # a file whose lines are added to setup (read at submission)
+    setup_file: Optional[str] = None
+    srun_args: List[str] = field(default_factory=list)
+    # further sbatch parameters as submitit's slurm_additional_parameters take them
+    sbatch_extra: Dict[str, Any] = field(default_factory=dict)
+    # names of environment variables copied from the submitting shell into the job (values never reach scripts)
+    env_passthrough: List[str] = field(default_factory=list)
+    # where run folders are made
+    runs_dir: str = "${oc.env:ZERORUN_RUNS,runs}"
+    # rendezvous port; null derives it from the job id
+    master_port: Optional[int] = None
+
+
+@dataclass
+class ZerorunConfig:
+    task: TaskConfig = MISSING
+    dataset: DatasetConfig = MISSING
+    backbone: BackboneConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    scheduler: SchedulerConfig = MISSING
+    trainer: TrainerConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    seed: int = 42
+    # the run's name; the run folder is runs_dir/name/run_id and stays the same for every attempt of the run
+    name: str = "${task.name}"
+    run_id: str = "${now:%Y%m%d-%H%M%S}"
+    run_dir: str = "${cluster.runs_dir}/${name}/${run_id}"
+    # render and print everything that would run or be submitted, then stop
+    dry_run: bool = False
+    # a run folder to continue from its latest checkpoint
+    resume: Optional[str] = None
+
+
+def register() -> None:
+    """Register the schema with Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    cs = ConfigStore.instance()
+    cs.store(name="zerorun_schema", node=ZerorunConfig)

@@ -1,0 +1,74 @@
+"""The Hydra app behind `zerorun` and `python train.py`: config -> checks -> plan -> run, submit or dry run."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from configs.schema import register
+from configs.validate import ConfigError, check_config
+
+register()
+
+
+def finalize(cfg: DictConfig) -> DictConfig:
+    """Resolve every interpolation once, with the run folder made absolute: this is what gets saved and run."""
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[assignment]
+    cfg.run_dir = os.path.abspath(cfg.run_dir)
+    return cfg
+
+
+def launch(cfg: DictConfig) -> int:
+    """Check, plan, and run locally, submit to Slurm, or print the dry run. Returns the exit status."""
+    from cluster.plan import make_plan
+    from jobs import runs
+
+    try:
+        check_config(cfg)
+    except ConfigError as e:
+        print(f"zerorun: {e}", file=sys.stderr)
+        return 2
+    cfg = finalize(cfg)
+    plan = make_plan(cfg)
+    if cfg.dry_run:
+        from cluster.dryrun import dry_run
+
+        return dry_run(cfg, plan)
+    runs.save_config(cfg, plan.run_dir)
+    if plan.backend == "local":
+        return _run_local(plan)
+    from cluster.submit import submit
+
+    return submit(cfg, plan)
+
+
+def _run_local(plan) -> int:  # type: ignore[no-untyped-def]
+    import json
+    from pathlib import Path
+
+    from cluster import local
+
+    result = local.run(plan)
+    if result.returncode != 0:
+        where = f"rank {result.failed_rank}" if result.failed_rank is not None else "the job"
+        print(f"\nzerorun: {where} failed (exit {result.returncode}); log: {result.logs.get(result.failed_rank or 0)}",
+              file=sys.stderr)
+        if result.failed_rank:
+            print(local.tail(result.logs[result.failed_rank]), file=sys.stderr)
+        return result.returncode
+    metrics_file = Path(plan.run_dir) / "metrics.json"
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        print(f"\nzerorun: done. {shown}\nrun folder: {plan.run_dir}")
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
+def hydra_main(cfg: DictConfig) -> None:
+    rc = launch(cfg)
+    if rc:
+        sys.exit(rc)

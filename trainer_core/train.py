@@ -1,0 +1,137 @@
+"""train(cfg): what every rank runs, whether Slurm, the local backend or `python train.py` started it.
+
+Set up (data, tokenizer, model, task, trainer), fit (resuming from the run's latest checkpoint if it has one),
+report the metrics. The rendezvous is derived before this is called (jobs/rank.py) or, for a run inside the
+launching process, made here for a single rank.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from cluster.rendezvous import Rendezvous, single_process
+from trainer_core.checkpointing import AtomicCheckpoint, CheckpointError, CheckpointMeta, CheckpointStore
+from trainer_core.checkpointing import write_text_atomic
+from trainer_core.strategies import build_placement
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None) -> dict[str, float]:
+    """Train as configured; returns the final logged metrics (validation BLEU or perplexity, losses)."""
+    from trainer_core.data import build_datamodule, load_raw, load_tokenizer
+    from trainer_core.models import build_model
+    from trainer_core.tasks import build_task
+
+    run_dir = Path(cfg.run_dir)
+    rendezvous = rendezvous or single_process(port=_free_port())
+    torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_task)))
+    pl.seed_everything(cfg.seed, workers=True)
+
+    raw = load_raw(cfg.dataset)
+    tokenizer = load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
+    model = build_model(cfg.backbone, cfg.task.name, tokenizer)
+    datamodule = build_datamodule(cfg, tokenizer)
+    task = build_task(cfg, model, tokenizer, datamodule)
+
+    store = CheckpointStore(run_dir)
+    meta = CheckpointMeta(
+        step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size, model=_model_signature(model)
+    )
+    ckpt_path = _resume_path(store, meta)
+    trainer = build_trainer(cfg, rendezvous, run_dir, store, meta)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics["global_step"] = float(trainer.global_step)
+    if trainer.is_global_zero:
+        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
+    return metrics
+
+
+def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
+                  meta: CheckpointMeta) -> pl.Trainer:
+    t = cfg.trainer
+    placement = build_placement(cfg, rendezvous)
+    callbacks: list[pl.Callback] = [
+        AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last, t.checkpoint.save_at_end),
+        SamplerEpoch(),
+    ]
+    return pl.Trainer(
+        accelerator=placement.accelerator,
+        devices=placement.devices,
+        num_nodes=placement.num_nodes,
+        strategy=placement.strategy,
+        precision=placement.precision,
+        max_steps=t.max_steps,
+        max_epochs=-1,  # the schedule is defined in steps (see trainer_core/optim.py)
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,  # val_check_interval counts steps across epochs
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        logger=_logger(t.logger, run_dir),
+        callbacks=callbacks,
+        enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
+        enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
+        enable_model_summary=rendezvous.rank == 0,
+        use_distributed_sampler=False,  # the datamodule's stateful sampler shards the data itself
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+    )
+
+
+class SamplerEpoch(pl.Callback):
+    """Tell the stateful distributed sampler which epoch it is, so every epoch (and a resumed one) reshuffles
+    the same way on every rank."""
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sampler = getattr(trainer.datamodule, "train_sampler", None)
+        if sampler is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(trainer.current_epoch)
+
+
+def _logger(kind: str, run_dir: Path) -> Any:
+    # A fixed name and version: every attempt of a run (requeue, resume) writes to the same logger run.
+    if kind == "csv":
+        from pytorch_lightning.loggers import CSVLogger
+
+        return CSVLogger(save_dir=str(run_dir), name="csv", version=0)
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=0, default_hp_metric=False)
+
+
+def _model_signature(model: torch.nn.Module) -> str:
+    n = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__}/{n}"
+
+
+def _resume_path(store: CheckpointStore, meta: CheckpointMeta) -> Optional[str]:
+    latest = store.latest()
+    if latest is None:
+        return None
+    found = store.read_meta(latest)
+    why = found.mismatch(meta)
+    if why:
+        raise CheckpointError(f"cannot resume from {latest}: {why}")
+    log.info("zerorun: resuming from %s (step %d)", latest, found.step)
+    return str(latest / "ckpt")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
