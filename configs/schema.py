@@ -27,12 +27,19 @@ class TaskConfig:
 
 
 @dataclass
+class DataFilesConfig:
+    # local files by split (JSON lines, or .txt for language modeling); any set replaces the hub data set
+    train: Optional[str] = None
+    validation: Optional[str] = None
+
+
+@dataclass
 class DatasetConfig:
     # Hugging Face dataset id and subset for load_dataset (e.g. "wmt16", "ro-en"); ignored when data_files is set
     name: Optional[str] = None
     subset: Optional[str] = None
     # local files by split, e.g. {train: a.jsonl, validation: b.jsonl}; read with load_dataset("json"/"text", ...)
-    data_files: Optional[Dict[str, str]] = None
+    data_files: DataFilesConfig = field(default_factory=lambda: DataFilesConfig())
     # "none", or "translation"/"language_modeling": make a small learnable data set in code, then load it as files
     synthetic: str = "none"
     synthetic_train_size: int = 4000
@@ -183,6 +190,10 @@ class ClusterConfig:
     runs_dir: str = "${oc.env:ZERORUN_RUNS,runs}"
     # rendezvous port; null derives it from the job id
     master_port: Optional[int] = None
+    # allow DeepSpeed on a Slurm job without GPUs (gpus_per_node=0): a CPU rehearsal of the real engine over gloo
+    cpu_rehearsal: bool = False
+    # ask Slurm to requeue the job (node failure, preemption); the rerun resumes from the run's latest checkpoint
+    requeue: bool = True
 
 
 @dataclass
@@ -197,7 +208,8 @@ class ZerorunConfig:
     seed: int = 42
     # the run's name; the run folder is runs_dir/name/run_id and stays the same for every attempt of the run
     name: str = "${task.name}"
-    run_id: str = "${now:%Y%m%d-%H%M%S}"
+    # made once per submission (time plus a random suffix, so two runs started in one second never share a folder)
+    run_id: str = "${zerorun_run_id:}"
     run_dir: str = "${cluster.runs_dir}/${name}/${run_id}"
     # render and print everything that would run or be submitted, then stop
     dry_run: bool = False
@@ -205,9 +217,20 @@ class ZerorunConfig:
     resume: Optional[str] = None
 
 
-def register() -> None:
-    """Register the schema with Hydra's ConfigStore (idempotent)."""
-    from hydra.core.config_store import ConfigStore
+def new_run_id() -> str:
+    import secrets
+    import time
 
-    cs = ConfigStore.instance()
-    cs.store(name="zerorun_schema", node=ZerorunConfig)
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def register() -> None:
+    """Register the schema with Hydra's ConfigStore and the run-id resolver (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    # cached: every read in one process (Hydra's run dir, the saved config) sees the same id
+    OmegaConf.register_new_resolver("zerorun_run_id", new_run_id, use_cache=True, replace=True)
+    # the first value that is set: hydra.run.dir is the resumed run's folder when there is one
+    OmegaConf.register_new_resolver("zerorun_or", lambda a, b: a if a not in (None, "") else b, replace=True)
+    ConfigStore.instance().store(name="zerorun_schema", node=ZerorunConfig)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Sequence
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -21,25 +22,36 @@ def finalize(cfg: DictConfig) -> DictConfig:
     return cfg
 
 
-def launch(cfg: DictConfig) -> int:
-    """Check, plan, and run locally, submit to Slurm, or print the dry run. Returns the exit status."""
-    from cluster.plan import make_plan
+def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
+    """Check, plan, and run locally, submit to Slurm, or print the dry run. Returns the exit status.
+
+    `overrides` are the command line's; with resume=RUN_DIR they are applied to the run's saved config.
+    """
+    from cluster.plan import SetupFileError, make_plan, read_setup_file
     from jobs import runs
 
     try:
+        if cfg.resume:
+            cfg = runs.resumed_config(cfg.resume, list(overrides))
         check_config(cfg)
-    except ConfigError as e:
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
     cfg = finalize(cfg)
-    plan = make_plan(cfg)
+    try:
+        # the setup file is read here, at submission, so that planning itself stays pure
+        plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file))
+    except SetupFileError as e:
+        print(f"zerorun: {e}", file=sys.stderr)
+        return 2
     if cfg.dry_run:
         from cluster.dryrun import dry_run
 
         return dry_run(cfg, plan)
-    runs.save_config(cfg, plan.run_dir)
     if plan.backend == "local":
+        runs.save_config(cfg, plan.run_dir)
         return _run_local(plan)
+    # submit writes the run folder itself, once the preflight has passed
     from cluster.submit import submit
 
     return submit(cfg, plan)
@@ -69,6 +81,8 @@ def _run_local(plan) -> int:  # type: ignore[no-untyped-def]
 
 @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")
 def hydra_main(cfg: DictConfig) -> None:
-    rc = launch(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    rc = launch(cfg, HydraConfig.get().overrides.task)
     if rc:
         sys.exit(rc)

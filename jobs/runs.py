@@ -36,3 +36,29 @@ def load_config(run_dir: str | os.PathLike) -> DictConfig:
     if not isinstance(cfg, DictConfig):
         raise ValueError(f"{path} does not hold a zerorun config (a mapping at the top)")
     return cfg
+
+
+# Top-level config groups: a resumed run keeps the choices it was started with.
+CONFIG_GROUPS = ("task", "dataset", "backbone", "optimizer", "scheduler", "trainer", "cluster")
+
+
+def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
+    """The saved config of the run in `resume_dir`, with this command's plain `key=value` overrides applied
+    (e.g. a larger trainer.max_steps). Group choices cannot change under a run that already has checkpoints."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    run_dir = os.path.abspath(resume_dir)
+    cfg = load_config(run_dir)
+    for o in OverridesParser.create().parse_overrides(overrides):
+        key = o.key_or_group
+        if key in ("resume", "run_dir") or key.startswith("hydra"):
+            continue
+        if key in CONFIG_GROUPS or (o.is_add() and "." not in key):
+            raise ValueError(
+                f"resume={resume_dir}: the run keeps the config groups it was started with; drop "
+                f"'{o.input_line}' (override single keys instead, e.g. trainer.max_steps=...)"
+            )
+        OmegaConf.update(cfg, key, o.value(), merge=False)
+    cfg.run_dir = run_dir
+    cfg.resume = run_dir
+    return cfg

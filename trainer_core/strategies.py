@@ -53,6 +53,8 @@ class Placement:
     strategy: Union[str, Strategy]
     precision: str
     cuda: bool
+    # the cluster environment, where the strategy does not carry it (a single device)
+    plugins: tuple[Any, ...] = ()
 
 
 def deepspeed_config(strategy_cfg: Any, *, cuda: bool, micro_batch_size: int) -> dict[str, Any]:
@@ -104,8 +106,10 @@ def build_placement(cfg: Any, rendezvous: Rendezvous) -> Placement:
         parallel_devices = [torch.device("cpu", i) for i in range(devices)]
 
     if s.name == "auto":
-        # one process: no process group, nothing to rendezvous
+        # One process: no process group. The environment still goes to Lightning, which would otherwise detect
+        # the Slurm variables and install its own requeue signal handlers.
         strategy: Union[str, Strategy] = SingleDeviceStrategy(device=parallel_devices[0])
+        return Placement(accelerator, devices, num_nodes, strategy, precision, cuda, plugins=(env,))
     elif s.name == "ddp":
         ddp_kwargs: dict[str, Any] = {"find_unused_parameters": bool(s.find_unused_parameters)}
         if s.bucket_cap_mb is not None:

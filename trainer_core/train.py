@@ -7,8 +7,12 @@ launching process, made here for a single rank.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import socket
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -26,7 +30,9 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None) -> dict[str, float]:
     """Train as configured; returns the final logged metrics (validation BLEU or perplexity, losses)."""
-    from trainer_core.data import build_datamodule, load_raw, load_tokenizer
+    from trainer_core.data.datamodule import build_datamodule
+    from trainer_core.data.loading import load_raw
+    from trainer_core.data.tokenizer import load_tokenizer
     from trainer_core.models import build_model
     from trainer_core.tasks import build_task
 
@@ -51,9 +57,28 @@ def train(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None) -> dict[str,
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["global_step"] = float(trainer.global_step)
+    _write_rank_report(run_dir, rendezvous, metrics, model)
     if trainer.is_global_zero:
         write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
     return metrics
+
+
+def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str, float], model: torch.nn.Module) -> None:
+    """What this rank saw, for `zerorun status` and for checking ranks agree: its place in the job, its last
+    metrics and a digest of its model weights (equal on every rank after a data-parallel step)."""
+    digest = hashlib.sha256()
+    for name, p in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+    report = {
+        **asdict(rendezvous),
+        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "metrics": metrics,
+        "weights_sha256": digest.hexdigest(),
+    }
+    out = run_dir / "ranks"
+    out.mkdir(exist_ok=True)
+    write_text_atomic(out / f"rank-{rendezvous.rank}.json", json.dumps(report, indent=1, sort_keys=True))
 
 
 def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
@@ -70,6 +95,7 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         num_nodes=placement.num_nodes,
         strategy=placement.strategy,
         precision=placement.precision,
+        plugins=list(placement.plugins) or None,
         max_steps=t.max_steps,
         max_epochs=-1,  # the schedule is defined in steps (see trainer_core/optim.py)
         val_check_interval=t.val_check_interval,
@@ -129,8 +155,6 @@ def _resume_path(store: CheckpointStore, meta: CheckpointMeta) -> Optional[str]:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
