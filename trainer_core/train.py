@@ -44,7 +44,7 @@ def train(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None) -> dict[str,
     raw = load_raw(cfg.dataset)
     tokenizer = load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
     model = build_model(cfg.backbone, cfg.task.name, tokenizer)
-    datamodule = build_datamodule(cfg, tokenizer)
+    datamodule = build_datamodule(cfg, tokenizer, raw=raw)
     task = build_task(cfg, model, tokenizer, datamodule)
 
     store = CheckpointStore(run_dir)
@@ -87,7 +87,6 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
     placement = build_placement(cfg, rendezvous)
     callbacks: list[pl.Callback] = [
         AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last, t.checkpoint.save_at_end),
-        SamplerEpoch(),
     ]
     return pl.Trainer(
         accelerator=placement.accelerator,
@@ -110,20 +109,12 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
         enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
         enable_model_summary=rendezvous.rank == 0,
-        use_distributed_sampler=False,  # the datamodule's stateful sampler shards the data itself
+        # The datamodule's stateful sampler shards the data and saves its position and epoch in checkpoints;
+        # Lightning's fit loop calls its set_epoch at every epoch start.
+        use_distributed_sampler=False,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
     )
-
-
-class SamplerEpoch(pl.Callback):
-    """Tell the stateful distributed sampler which epoch it is, so every epoch (and a resumed one) reshuffles
-    the same way on every rank."""
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        sampler = getattr(trainer.datamodule, "train_sampler", None)
-        if sampler is not None and hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(trainer.current_epoch)
 
 
 def _logger(kind: str, run_dir: Path) -> Any:

@@ -1,0 +1,269 @@
+"""The LightningDataModules: tokenized, cached data and loaders that can resume mid-epoch.
+
+The train loader is torchdata's StatefulDataLoader over a stateful distributed sampler, so Lightning's checkpoint
+carries the position inside the epoch (and the epoch) and a resumed run sees exactly the batches it had not seen
+yet (notes/exact-resume.md). The Trainer must run with ``use_distributed_sampler=False`` so that it keeps this
+sampler; ``datamodule.train_sampler.set_epoch(epoch)`` at each epoch start gives every epoch its own order.
+
+Tokenized splits are cached as arrow files under ``dataset.cache_dir/tokenized``, named by a hash of the raw
+split's fingerprint, the tokenizer and every length setting, so another tokenizer or max length never reuses a
+stale file. A file lock lets the first rank tokenize while the others wait and then read its file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import pytorch_lightning as pl
+import torch
+from datasets import Dataset, DatasetDict
+from filelock import FileLock
+from torch.utils.data import DataLoader, DistributedSampler
+from torchdata.stateful_dataloader import StatefulDataLoader
+from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
+from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, default_data_collator
+
+from trainer_core.data.loading import load_raw
+
+# Bump when the encoding functions change: it is part of the cache key.
+ENCODING_VERSION = 1
+# Rows per datasets.map batch. Language modeling packs blocks within one batch and drops each batch's remainder.
+MAP_BATCH_SIZE = 1000
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what the tokenizer does: its serialized pipeline and its special tokens."""
+    pipeline = json.loads(tokenizer.backend_tokenizer.to_str())
+    # Truncation and padding are per-call settings that the last call leaves behind in the backend, not
+    # properties of the tokenizer: hashing them would give the same tokenizer a new key after every use.
+    pipeline.pop("truncation", None)
+    pipeline.pop("padding", None)
+    digest = hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+class EpochStatefulDistributedSampler(StatefulDistributedSampler):
+    """torchdata's sampler, whose state_dict also carries the epoch (it keeps only the position).
+
+    The shuffle order depends on the epoch, so a position without its epoch resumes in the wrong permutation
+    unless something calls set_epoch before the first batch; with the epoch in the state the loader alone is
+    enough.
+    """
+
+    _EPOCH = "epoch"
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {**super().state_dict(), self._EPOCH: self.epoch}
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.set_epoch(state_dict.get(self._EPOCH, self.epoch))
+
+
+class _TextDataModule(pl.LightningDataModule):
+    """Shared loading, caching and loaders; subclasses say how to encode a batch and how to collate."""
+
+    task_name = ""
+    # add each validation row's index as "example_id" (to find its raw text again after generation)
+    keep_example_ids = False
+
+    def __init__(self, cfg: Any, tokenizer: PreTrainedTokenizerBase, raw: Optional[DatasetDict] = None):
+        super().__init__()
+        self.dataset_cfg = cfg.dataset
+        self.seed = cfg.seed
+        self.tokenizer = tokenizer
+        self.raw = raw
+        self.train_dataset: Optional[Dataset] = None
+        self.val_dataset: Optional[Dataset] = None
+        # made by train_dataloader (rank and world size are known only then); the trainer calls set_epoch on it
+        self.train_sampler: Optional[EpochStatefulDistributedSampler] = None
+
+    # ---- subclass hooks
+    def _encode(self, batch: Dict[str, List], indices: Optional[List[int]] = None) -> Dict[str, List]:
+        raise NotImplementedError
+
+    def _encoding_params(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def _collate_train(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _collate_eval(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
+        return self._collate_train(features)
+
+    # ---- setup
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_dataset is not None:
+            return
+        if self.raw is None:
+            self.raw = load_raw(self.dataset_cfg)
+        self.train_dataset = self._tokenized(self.raw["train"], "train", with_ids=False)
+        self.val_dataset = self._tokenized(self.raw["validation"], "validation", with_ids=self.keep_example_ids)
+        for name, data in (("train", self.train_dataset), ("validation", self.val_dataset)):
+            if len(data) == 0:
+                raise ValueError(f"the {name} split has no examples after tokenization; {self._empty_hint()}")
+
+    def _empty_hint(self) -> str:
+        return "check the data files"
+
+    def _tokenized(self, split: Dataset, split_name: str, with_ids: bool) -> Dataset:
+        key_parts = {
+            "task": self.task_name,
+            "version": ENCODING_VERSION,
+            "data": split._fingerprint,  # datasets' content hash: changes with the files and every transform
+            "tokenizer": tokenizer_fingerprint(self.tokenizer),
+            "with_ids": with_ids,
+            **self._encoding_params(),
+        }
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(self.dataset_cfg.cache_dir) / "tokenized" / f"{self.task_name}-{split_name}-{key}.arrow"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            return split.map(
+                self._encode,
+                batched=True,
+                batch_size=MAP_BATCH_SIZE,
+                with_indices=with_ids,
+                remove_columns=split.column_names,
+                cache_file_name=str(path),
+                load_from_cache_file=True,
+                # our own key, so datasets does not try to hash the bound method and its tokenizer
+                new_fingerprint=key,
+                desc=f"tokenizing {split_name}",
+            )
+
+    # ---- loaders
+    def _rank_and_world(self) -> Tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def _loader_kwargs(self) -> Dict[str, Any]:
+        workers = self.dataset_cfg.num_workers
+        return {"num_workers": workers, "persistent_workers": workers > 0}
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        rank, world = self._rank_and_world()
+        self.train_sampler = EpochStatefulDistributedSampler(
+            self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+        )
+        return StatefulDataLoader(
+            self.train_dataset,
+            batch_size=self.dataset_cfg.batch_size,
+            sampler=self.train_sampler,
+            collate_fn=self._collate_train,
+            **self._loader_kwargs(),
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_and_world()
+        # DistributedSampler pads the last round with up to world_size-1 repeated rows: the translation task drops
+        # them by example_id before scoring BLEU; in val_loss they weigh a few tokens more, as in any DDP eval.
+        sampler = DistributedSampler(self.val_dataset, num_replicas=world, rank=rank, shuffle=False) if world > 1 else None
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.dataset_cfg.eval_batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=self._collate_eval,
+            **self._loader_kwargs(),
+        )
+
+
+class TranslationDataModule(_TextDataModule):
+    """Source/target pairs encoded for a seq2seq model; labels padded with -100 so padding costs no loss."""
+
+    task_name = "translation"
+    keep_example_ids = True
+
+    def __init__(self, cfg: Any, tokenizer: PreTrainedTokenizerBase, raw: Optional[DatasetDict] = None):
+        super().__init__(cfg, tokenizer, raw)
+        if tokenizer.pad_token_id is None:
+            raise ValueError(
+                "the tokenizer has no pad token, which seq2seq batches need; set backbone.tokenizer.name_or_path "
+                "to a seq2seq model's tokenizer, or null to train one"
+            )
+        self._seq2seq_collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding="longest")
+
+    def _encoding_params(self) -> Dict[str, Any]:
+        d = self.dataset_cfg
+        return {
+            "languages": [d.source_language, d.target_language],
+            "prefix": d.source_prefix,
+            "max_source_length": d.max_source_length,
+            "max_target_length": d.max_target_length,
+        }
+
+    def _encode(self, batch: Dict[str, List], indices: Optional[List[int]] = None) -> Dict[str, List]:
+        d = self.dataset_cfg
+        pairs = batch["translation"]
+        sources = [d.source_prefix + pair[d.source_language] for pair in pairs]
+        targets = [pair[d.target_language] for pair in pairs]
+        encoded = dict(self.tokenizer(sources, max_length=d.max_source_length, truncation=True))
+        encoded["labels"] = self.tokenizer(text_target=targets, max_length=d.max_target_length, truncation=True)[
+            "input_ids"
+        ]
+        if indices is not None:
+            encoded["example_id"] = list(indices)
+        return encoded
+
+    def _collate_train(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
+        return dict(self._seq2seq_collator(features))
+
+    def _collate_eval(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
+        ids = [f["example_id"] for f in features]
+        batch = self._collate_train([{k: v for k, v in f.items() if k != "example_id"} for f in features])
+        batch["example_id"] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+    def validation_pairs(self) -> List[Tuple[str, str]]:
+        """(source, reference) raw text of every validation example, indexed by its ``example_id``."""
+        if self.raw is None:
+            self.setup()
+        d = self.dataset_cfg
+        return [(pair[d.source_language], pair[d.target_language]) for pair in self.raw["validation"]["translation"]]
+
+
+class LanguageModelingDataModule(_TextDataModule):
+    """Text packed into blocks of ``dataset.block_size`` tokens, each text closed by eos; labels = input_ids."""
+
+    task_name = "language_modeling"
+
+    def _encoding_params(self) -> Dict[str, Any]:
+        return {"text_column": self.dataset_cfg.text_column, "block_size": self.dataset_cfg.block_size}
+
+    def _encode(self, batch: Dict[str, List], indices: Optional[List[int]] = None) -> Dict[str, List]:
+        block = self.dataset_cfg.block_size
+        texts = [t for t in batch[self.dataset_cfg.text_column] if t]
+        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        stream = [token for seq in ids for token in seq + [self.tokenizer.eos_token_id]]
+        blocks = [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
+        return {"input_ids": blocks, "attention_mask": [[1] * block for _ in blocks], "labels": [list(b) for b in blocks]}
+
+    def _collate_train(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
+        return default_data_collator(features)
+
+    def _empty_hint(self) -> str:
+        return (
+            f"its text is shorter than one block of dataset.block_size={self.dataset_cfg.block_size} tokens: "
+            f"lower dataset.block_size or raise dataset.max_val_samples / max_train_samples"
+        )
+
+
+DATAMODULES: Dict[str, Callable[..., _TextDataModule]] = {
+    "translation": TranslationDataModule,
+    "language_modeling": LanguageModelingDataModule,
+}
+
+
+def build_datamodule(
+    cfg: Any, tokenizer: PreTrainedTokenizerBase, raw: Optional[DatasetDict] = None
+) -> pl.LightningDataModule:
+    """The data module for ``cfg.task.name``; pass ``raw`` when it is already loaded, else setup() loads it."""
+    if cfg.task.name not in DATAMODULES:
+        raise ValueError(f"unknown task.name {cfg.task.name!r}; valid: {', '.join(DATAMODULES)}")
+    return DATAMODULES[cfg.task.name](cfg, tokenizer, raw)
