@@ -1,0 +1,437 @@
+"""`zerorun cluster up | down | status`: a real Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, N slurmd) on
+this machine, for tests and for trying the submission layer without a real cluster.
+
+    up      install what is missing, write configs under the state folder, start every daemon in its own
+            session, register the cluster in accounting, wait until all nodes are idle and `srun` works
+    down    stop every daemon by the pid `up` recorded and undo the two system edits; safe to repeat
+    status  daemons (pid, alive), nodes, partitions and queue; exit status 1 when the cluster is not up
+
+Python API (used by the test fixture and the submission layer): `up(spec)`, `down(state_dir)`,
+`current(state_dir)` and the `LocalCluster` they return. The pure half (spec, rendered configs, daemon argv)
+is in local_slurm_config.py; processes in local_slurm_procs.py; system edits in local_slurm_system.py;
+questions to the running cluster (sacctmgr, sinfo, srun) in local_slurm_probe.py.
+Everything runs with argv lists, never through a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster import local_slurm_probe as probe
+from cluster import local_slurm_procs as procs
+from cluster import local_slurm_system as system
+from cluster.local_slurm_config import (
+    DEFAULT_PARTITION,
+    HIGH_PARTITION,
+    PARTITIONS,
+    STATE_DIR_ENV,
+    ClusterSpec,
+    DaemonPlan,
+    LocalSlurmError,
+    daemon_plans,
+    differences,
+    mariadb_install_argv,
+    render_slurm_conf,
+    render_slurmdbd_conf,
+    resolve_state_dir,
+)
+
+__all__ = ["ClusterSpec", "LocalCluster", "LocalSlurmError", "current", "default_spec", "down", "main",
+           "recorded_spec", "status", "up"]
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """Facts about a running local cluster: what a client needs to talk to it."""
+
+    cluster_name: str
+    state_dir: Path
+    slurm_conf: Path
+    nodes: tuple[str, ...]  # n1..nN, all on 127.0.0.1
+    partitions: tuple[str, ...]
+    default_partition: str
+    high_partition: str  # a job here preempts (requeues) jobs in the default partition
+    spec: ClusterSpec  # every setting, ports included
+    daemons: tuple[procs.DaemonRecord, ...]  # in start order
+
+    @classmethod
+    def of(cls, spec: ClusterSpec, daemons: tuple[procs.DaemonRecord, ...]) -> LocalCluster:
+        return cls(spec.cluster_name, spec.state_dir, spec.paths.slurm_conf, spec.node_names, PARTITIONS,
+                   DEFAULT_PARTITION, HIGH_PARTITION, spec, daemons)
+
+    def env(self) -> dict[str, str]:
+        """Environment for any Slurm client (sbatch, srun, sacct, submitit) aimed at this cluster."""
+        return {"SLURM_CONF": str(self.slurm_conf)}
+
+
+# --- the manifest: <state>/cluster.json ---------------------------------------------------------------------
+
+def _read_manifest(state_dir: Path) -> dict | None:
+    path = ClusterSpec(state_dir).paths.manifest
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError as e:
+        raise LocalSlurmError(f"{path} is not valid JSON ({e}); if no cluster runs from {state_dir},"
+                              " delete that folder or pick another --state-dir") from e
+
+
+def _write_manifest(spec: ClusterSpec, manifest: dict) -> None:
+    # Written before every system edit, so a crash part-way leaves a record `down` can undo from.
+    manifest["spec"] = spec.to_record()
+    path = spec.paths.manifest
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def recorded_spec(state_dir: str | Path | None = None) -> ClusterSpec | None:
+    """The spec of the cluster last started from this state folder, if any."""
+    root = resolve_state_dir(state_dir)
+    manifest = _read_manifest(root)
+    if not manifest:
+        return None
+    return dataclasses.replace(ClusterSpec.from_record(manifest["spec"]), state_dir=root)
+
+
+def _records(spec: ClusterSpec) -> list[tuple[DaemonPlan, procs.DaemonRecord | None]]:
+    return [(plan, procs.DaemonRecord.load(spec.paths.pid_record(plan.name))) for plan in daemon_plans(spec)]
+
+
+def current(state_dir: str | Path | None = None) -> LocalCluster | None:
+    """The cluster running from this state folder, or None unless every one of its daemons is alive."""
+    spec = recorded_spec(state_dir)
+    if spec is None:
+        return None
+    records = _records(spec)
+    if not all(rec is not None and procs.is_alive(rec) for _, rec in records):
+        return None
+    return LocalCluster.of(spec, tuple(rec for _, rec in records))
+
+
+# --- up ---------------------------------------------------------------------------------------------------------
+
+def default_spec(state_dir: str | Path | None = None) -> ClusterSpec:
+    return ClusterSpec(resolve_state_dir(state_dir), cpus_per_node=os.cpu_count() or 1)
+
+
+def up(spec: ClusterSpec | None = None, *, os_release: Path = Path("/etc/os-release"), smoke_test: bool = True,
+       say: Say = print) -> LocalCluster:
+    """Bring the cluster up (or reuse it if it already runs with this spec) and return its facts."""
+    spec = spec or default_spec()
+    spec = dataclasses.replace(spec, state_dir=resolve_state_dir(spec.state_dir))
+    spec.validate()
+    system.require_root("up")
+    system.require_supported_distribution(os_release)
+    with _exclusive(spec.state_dir):
+        running = current(spec.state_dir)
+        manifest = _read_manifest(spec.state_dir) or {}
+        _refuse_foreign(spec, manifest, running, say)
+        if running:
+            diffs = differences(running.spec, spec)
+            if diffs:
+                raise LocalSlurmError(f"a cluster already runs from {spec.state_dir} with other settings ("
+                                      + "; ".join(diffs) + "): run `zerorun cluster down` first to change them")
+            say(f"local Slurm cluster {spec.cluster_name!r} is already up; reusing it")
+            say(_summary(running))
+            return running
+        return _start(spec, manifest, smoke_test, say)
+
+
+@contextlib.contextmanager
+def _exclusive(state_dir: Path):
+    """One up or down at a time per state folder: two test sessions starting at once must not both start
+    daemons. The second waits, then finds the cluster up and reuses it."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    with open(state_dir / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _start(spec: ClusterSpec, manifest: dict, smoke_test: bool, say: Say) -> LocalCluster:
+    """Install, write the state folder, start every daemon in order. On any failure, stop what was started."""
+    _stop_leftovers(spec, say)
+    _refuse_busy_ports(spec)
+
+    missing = system.missing_packages()
+    spec.paths.logs.mkdir(parents=True, exist_ok=True)
+    if missing:
+        say(f"installing {' '.join(missing)} with apt-get (log: {spec.paths.log('apt')})")
+        system.install_packages(missing, spec.paths.log("apt"))
+    _prepare_state_folder(spec)
+
+    started: list[procs.DaemonRecord] = []
+    try:
+        _apply_system_edits(spec, manifest)
+        for plan in daemon_plans(spec):
+            record = procs.start(plan, spec.paths.log(f"{plan.name}.console"), cwd=spec.state_dir)
+            record.save(spec.paths.pid_record(plan.name))
+            started.append(record)
+            procs.wait_ready(plan, record, _daemon_logs(spec), depends_on=tuple(started[:-1]))
+            if plan.name == "slurmdbd":
+                probe.register_in_accounting(spec)
+        probe.wait_nodes_idle(spec)
+        if smoke_test:
+            probe.smoke_test(spec)
+    except BaseException:
+        # Nothing half-started stays behind: stop what this call started and undo its system edits.
+        say("start-up failed; stopping what was started")
+        for record in reversed(started):
+            procs.stop(record)
+            spec.paths.pid_record(record.name).unlink(missing_ok=True)
+        _undo_system_edits(spec, manifest, say)
+        raise
+    cluster = LocalCluster.of(spec, tuple(started))
+    say(_summary(cluster))
+    return cluster
+
+
+def _refuse_foreign(spec: ClusterSpec, manifest: dict, running: LocalCluster | None, say: Say) -> None:
+    recorded_name = manifest.get("spec", {}).get("cluster_name")
+    if recorded_name is None or recorded_name == spec.cluster_name:
+        return
+    if running:
+        raise LocalSlurmError(
+            f"state folder {spec.state_dir} belongs to cluster {recorded_name!r}, which is running; to start"
+            f" {spec.cluster_name!r} pick another --state-dir (or ${STATE_DIR_ENV}), or stop it first"
+            f" with `zerorun cluster down --state-dir {spec.state_dir}`"
+        )
+    # The old cluster is down: its accounting database is kept (one database per cluster name), but the
+    # controller refuses state saved under another cluster name, so that state goes.
+    say(f"state folder {spec.state_dir} held cluster {recorded_name!r}, which is down; reusing it for"
+        f" {spec.cluster_name!r} (the controller state of {recorded_name!r} is reset, its accounting is kept)")
+    for leftover in spec.paths.ctld_state.glob("*"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        else:
+            leftover.unlink()
+
+
+def _stop_leftovers(spec: ClusterSpec, say: Say) -> None:
+    """A cluster that is only partly alive (a daemon crashed) is stopped completely before starting again."""
+    old = recorded_spec(spec.state_dir) or spec
+    alive = [rec for _, rec in _records(old) if rec is not None and procs.is_alive(rec)]
+    if alive:
+        say("part of the cluster is still running (" + ", ".join(r.name for r in alive) + "); restarting it")
+        for record in reversed(alive):
+            procs.stop(record)
+
+
+def _refuse_busy_ports(spec: ClusterSpec) -> None:
+    for port, daemon, flag in spec.ports():
+        if procs.port_in_use(port):
+            raise LocalSlurmError(f"port {port} (for {daemon}) is already in use on this machine: free it, or"
+                                  f" choose another port with `zerorun cluster up {flag} PORT`")
+
+
+def _prepare_state_folder(spec: ClusterSpec) -> None:
+    paths = spec.paths
+    for folder, mode in paths.dirs():
+        folder.mkdir(parents=True, exist_ok=True)
+        folder.chmod(mode)
+    if not paths.munge_key.exists():
+        # A key of our own: this cluster never talks to a system munged, and vice versa.
+        paths.munge_key.touch(mode=0o600)
+        paths.munge_key.write_bytes(secrets.token_bytes(128))
+    if not (paths.mysql_data / "mysql").exists():
+        log = paths.log("mariadb-install-db")
+        with open(log, "ab") as out:
+            if subprocess.run(mariadb_install_argv(spec), stdout=out, stderr=subprocess.STDOUT).returncode != 0:
+                raise LocalSlurmError(f"creating the accounting database failed.\n{procs.log_tails(log)}")
+    paths.slurm_conf.write_text(render_slurm_conf(spec))
+    paths.slurmdbd_conf.touch(mode=0o600)
+    paths.slurmdbd_conf.chmod(0o600)  # slurmdbd refuses a config that others can read
+    paths.slurmdbd_conf.write_text(render_slurmdbd_conf(spec))
+    for plan in daemon_plans(spec):
+        paths.pid_record(plan.name).unlink(missing_ok=True)
+    # No daemon of ours runs now; sockets left by one that was killed would only confuse the next start.
+    for stale in (paths.munge_socket, paths.mysql_socket):
+        stale.unlink(missing_ok=True)
+
+
+def _apply_system_edits(spec: ClusterSpec, manifest: dict) -> None:
+    """/etc/hosts line and /etc/slurm/slurm.conf link, each recorded in the manifest before it is made, so a
+    crash part-way still leaves `down` what it needs to undo it."""
+    new_hosts, manifest["hosts"] = system.hosts_edit(spec, manifest.get("hosts"))
+    _write_manifest(spec, manifest)
+    if new_hosts is not None:
+        system.write_hosts(new_hosts)
+
+    state = system.conf_link_state()
+    target_alive = False
+    if state[0] == "symlink" and Path(state[1]) != spec.paths.slurm_conf:
+        # Another zerorun cluster's slurm.conf lives at <its state>/etc/slurm.conf.
+        target_alive = current(Path(state[1]).parent.parent) is not None
+    decision = system.decide_conf_link(state, spec.paths.slurm_conf, target_alive)
+    if decision == "claim":
+        manifest["conf_link"] = system.conf_link_record(spec, state, spec.paths.system_backup)
+        _write_manifest(spec, manifest)
+        system.claim_conf_link(manifest["conf_link"])
+    elif decision == "leave":
+        manifest["conf_link"] = None
+        _write_manifest(spec, manifest)
+
+
+def _undo_system_edits(spec: ClusterSpec, manifest: dict, say: Say) -> None:
+    system.undo_hosts(manifest.get("hosts"))
+    note = system.undo_conf_link(manifest.get("conf_link"))
+    if note:
+        say(note)
+    manifest["hosts"] = manifest["conf_link"] = None
+    if spec.paths.manifest.parent.exists():
+        _write_manifest(spec, manifest)
+
+
+def _daemon_logs(spec: ClusterSpec) -> dict[str, tuple[Path, ...]]:
+    """Each daemon's console output and its own LogFile (named after it), for error messages."""
+    return {plan.name: (spec.paths.log(f"{plan.name}.console"), spec.paths.log(plan.name))
+            for plan in daemon_plans(spec)}
+
+
+def _summary(cluster: LocalCluster) -> str:
+    spec = cluster.spec
+    rows = [f"local Slurm cluster {spec.cluster_name!r} is up (state folder {spec.state_dir})"]
+    ports = {"slurmdbd": spec.slurmdbd_port, "slurmctld": spec.slurmctld_port,
+             **{f"slurmd-{n}": p for n, p in spec.slurmd_ports.items()}}
+    for rec in cluster.daemons:
+        where = f"port {ports[rec.name]}" if rec.name in ports else "unix socket"
+        rows.append(f"  {rec.name:<12} pid {rec.pid:<8} {where}")
+    rows += [
+        f"  nodes {' '.join(spec.node_names)}: {spec.cpus_per_node} CPUs and {spec.real_memory_mb} MB each",
+        f"  partitions {DEFAULT_PARTITION} (default) and {HIGH_PARTITION} (preempts {DEFAULT_PARTITION} by requeue)",
+        "point a shell at it:",
+        f"  export SLURM_CONF={spec.paths.slurm_conf}",
+    ]
+    return "\n".join(rows)
+
+
+# --- down and status ------------------------------------------------------------------------------------------
+
+def down(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
+    """Stop every daemon `up` recorded (by pid) and undo the system edits. Returns whether anything ran."""
+    spec = recorded_spec(state_dir)
+    if spec is None:
+        say(f"no local Slurm cluster recorded in {resolve_state_dir(state_dir)}; nothing to stop")
+        return False
+    system.require_root("down")
+    stopped_any = False
+    with _exclusive(spec.state_dir):
+        for plan, record in reversed(_records(spec)):
+            if record is None:
+                continue
+            outcome = procs.stop(record)
+            stopped_any |= outcome != "not running"
+            say(f"  {plan.name:<12} pid {record.pid:<8} {outcome}")
+            spec.paths.pid_record(plan.name).unlink(missing_ok=True)
+        _undo_system_edits(spec, _read_manifest(spec.state_dir) or {}, say)
+    was = "is down" if stopped_any else "was not running"
+    say(f"local Slurm cluster {spec.cluster_name!r} {was} (state kept in {spec.state_dir})")
+    return stopped_any
+
+
+def status(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
+    """Print daemons, nodes, partitions and queue. Returns whether the cluster is fully up."""
+    spec = recorded_spec(state_dir)
+    if spec is None:
+        say(f"no local Slurm cluster recorded in {resolve_state_dir(state_dir)}: start one with `zerorun cluster up`")
+        return False
+    records = _records(spec)
+    alive = {plan.name: rec is not None and procs.is_alive(rec) for plan, rec in records}
+    say(f"cluster {spec.cluster_name!r}, state folder {spec.state_dir}")
+    for plan, rec in records:
+        say(f"  {plan.name:<12} pid {rec.pid if rec else '-':<8} {'alive' if alive[plan.name] else 'not running'}")
+    if alive.get("slurmctld"):
+        for argv in (("sinfo", "-N", "-o", "%N %P %t %c %m"), ("sinfo", "-o", "%P %a %D %N"), ("squeue",)):
+            try:
+                out = probe.slurm(spec, *argv, timeout=15)
+                say(f"$ {' '.join(argv)}\n{(out.stdout or out.stderr).rstrip()}")
+            except subprocess.TimeoutExpired:
+                say(f"$ {' '.join(argv)}\n(no answer from slurmctld in 15 s; see {spec.paths.log('slurmctld')})")
+    up_now = all(alive.values())
+    say(f"export SLURM_CONF={spec.paths.slurm_conf}" if up_now else "the cluster is not up: `zerorun cluster up`")
+    return up_now
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------
+
+_SPEC_FLAGS = {  # flag: (ClusterSpec field, help)
+    "--cluster-name": ("cluster_name", "Slurm ClusterName, recorded in the state folder"),
+    "--nodes": ("nodes", "number of slurmd nodes, named n1..nN"),
+    "--cpus-per-node": ("cpus_per_node", "CPUs each node offers (all nodes share this machine's cores)"),
+    "--real-memory": ("real_memory_mb", "MB each node offers: the most a job may ask with --mem"),
+    "--slurmctld-port": ("slurmctld_port", "TCP port of slurmctld"),
+    "--slurmdbd-port": ("slurmdbd_port", "TCP port of slurmdbd"),
+    "--slurmd-base-port": ("slurmd_base_port", "TCP port of n1's slurmd; node i uses this + i - 1"),
+    "--max-array-size": ("max_array_size", "Slurm MaxArraySize: job array indices stay below it"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zerorun cluster", description=__doc__.split("\n\n")[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for verb, text in (("up", "start the cluster (installs packages if needed)"),
+                       ("down", "stop every daemon and undo the system edits"),
+                       ("status", "daemons, nodes, partitions and queue; exit 1 when not up")):
+        sub = verbs.add_parser(verb, help=text, description=text)
+        sub.add_argument("--state-dir", help="folder for every config and state file"
+                         " (default: $ZERORUN_LOCAL_SLURM_DIR or ~/.zerorun/local-slurm)")
+        if verb != "up":
+            continue
+        defaults = ClusterSpec(Path("."))
+        for flag, (field, help_text) in _SPEC_FLAGS.items():
+            value = getattr(defaults, field) if field != "cpus_per_node" else "CPUs of this machine"
+            # default=None: only flags given explicitly override what the state folder recorded last time.
+            sub.add_argument(flag, dest=field, type=type(getattr(defaults, field)), default=None,
+                             metavar="PORT" if field.endswith("port") else "NAME" if field == "cluster_name" else "N",
+                             help=f"{help_text} (default: {value})")
+        sub.add_argument("--os-release", type=Path, default=Path("/etc/os-release"),
+                         help="read the distribution from this file (tests point it at a fake)")
+        sub.add_argument("--no-smoke-test", dest="smoke_test", action="store_false",
+                         help="skip the final `srun -N<all> true`")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.verb in ("up", "down") and os.geteuid() != 0 and system.sudo_works():
+            return _rerun_with_sudo(argv, args)
+        if args.verb == "up":
+            base = recorded_spec(args.state_dir) or default_spec(args.state_dir)
+            overrides = {f: getattr(args, f) for f, _ in _SPEC_FLAGS.values() if getattr(args, f) is not None}
+            up(dataclasses.replace(base, **overrides), os_release=args.os_release, smoke_test=args.smoke_test)
+            return 0
+        if args.verb == "down":
+            down(args.state_dir)
+            return 0
+        return 0 if status(args.state_dir) else 1
+    except LocalSlurmError as e:
+        print(f"zerorun cluster {args.verb}: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _rerun_with_sudo(argv: list[str], args: argparse.Namespace) -> int:
+    # The state folder is resolved here, as the calling user: under sudo, ~ would be root's home.
+    state = ["--state-dir", str(resolve_state_dir(args.state_dir))] if args.state_dir is None else []
+    cmd = ["sudo", "-n", sys.executable, "-m", "cluster.local_slurm", *argv, *state]
+    print(f"not root; running `{' '.join(cmd)}`", file=sys.stderr)
+    return subprocess.run(cmd).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
