@@ -2,17 +2,38 @@
 
 The plan is everything a backend needs to start the job: its geometry, resources, the command each rank runs,
 the environment every rank gets, and the setup lines that run before it. Dry-run prints it, the local backend
-starts its ranks from it, the Slurm backend renders it into an sbatch script.
+starts its ranks from it, the Slurm backend renders it into an sbatch script (cluster/render.py).
+
+The one input that lives in a file, cluster.setup_file, is read before planning by `read_setup_file` and handed
+to `make_plan` as data.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
+
+from cluster.rendezvous import PORT_OVERRIDE_ENV
 
 # The module each rank runs, with the run folder as its only argument.
 RANK_ENTRY = "jobs.rank"
+
+# Environment variables a Slurm job inherits from the submitting shell (sbatch --export=NAMES, never ALL):
+# what a Python job needs to find itself and its caches. Nothing here may carry a secret; a token reaches the
+# job only when its name is listed in cluster.env_passthrough.
+BASE_EXPORTS: tuple[str, ...] = (
+    "HOME", "PATH", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "TMPDIR", "TERM",
+    "PYTHONPATH", "VIRTUAL_ENV", "CONDA_PREFIX", "LD_LIBRARY_PATH",
+    "ZERORUN_CACHE", "HF_HOME", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
+    "TORCH_EXTENSIONS_DIR", "DS_ACCELERATOR", "DS_BUILD_OPS",
+)
+
+
+class SetupFileError(ValueError):
+    """cluster.setup_file cannot be read; the message names the fix."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,15 @@ class JobPlan:
     env: tuple[tuple[str, str], ...]
     # the command each rank runs
     entry: tuple[str, ...]
+    # the training strategy ("auto", "ddp", "deepspeed"): the preflight checks it against the resources
+    strategy: str = "auto"
+    # DeepSpeed on CPU ranks was asked for (cluster.cpu_rehearsal)
+    cpu_rehearsal: bool = False
+    requeue: bool = True
+    # the directory the job runs its setup lines and ranks in: where the user submitted from
+    workdir: str = "/"
+    # names of the submitting shell's variables the job inherits (sbatch --export); values never enter the plan
+    exports: tuple[str, ...] = ()
 
     @property
     def world_size(self) -> int:
@@ -73,9 +103,43 @@ class JobPlan:
         ]
 
 
-def make_plan(cfg: Any, python: str = sys.executable) -> JobPlan:
-    """The plan of a config that passed configs.validate.check_config and has been resolved."""
+def read_setup_file(path: Optional[str]) -> tuple[str, ...]:
+    """The lines of cluster.setup_file (read at submission, outside planning); () when none is set."""
+    if not path:
+        return ()
+    try:
+        text = Path(path).expanduser().read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else type(e).__name__
+        raise SetupFileError(
+            f"cluster.setup_file={path!r} cannot be read ({reason}); point it at a readable file of shell lines, "
+            "or set cluster.setup_file=null and list the lines in cluster.setup"
+        ) from None
+    return tuple(line for line in text.splitlines() if line.strip())
+
+
+def make_plan(
+    cfg: Any,
+    python: str = sys.executable,
+    *,
+    setup_file_lines: tuple[str, ...] = (),
+    workdir: Optional[str] = None,
+) -> JobPlan:
+    """The plan of a config that passed configs.validate.check_config and has been resolved.
+
+    `setup_file_lines` come from read_setup_file(cfg.cluster.setup_file); `workdir` defaults to the current
+    directory (like `python`, a fact of the submitting process, passed in so tests can fix it).
+    """
     c = cfg.cluster
+    env = [
+        # one thread per CPU the rank was given: more oversubscribes the node (46 vs 7 steps/s measured)
+        ("OMP_NUM_THREADS", str(c.cpus_per_task)),
+        ("PYTHONUNBUFFERED", "1"),
+        ("ZERORUN_BACKEND", str(c.backend)),
+    ]
+    if c.master_port is not None:
+        env.append((PORT_OVERRIDE_ENV, str(c.master_port)))
+    passthrough = tuple(str(n) for n in c.env_passthrough)
     return JobPlan(
         name=str(cfg.name),
         backend=str(c.backend),
@@ -84,7 +148,7 @@ def make_plan(cfg: Any, python: str = sys.executable) -> JobPlan:
         tasks_per_node=int(c.tasks_per_node),
         gpus_per_node=int(c.gpus_per_node),
         cpus_per_task=int(c.cpus_per_task),
-        mem=c.mem,
+        mem=None if c.mem is None else str(c.mem),
         time_min=int(c.time_min),
         partition=c.partition,
         account=c.account,
@@ -95,14 +159,16 @@ def make_plan(cfg: Any, python: str = sys.executable) -> JobPlan:
         signal=str(c.signal),
         signal_delay_s=int(c.signal_delay_s),
         master_port=c.master_port,
-        setup=tuple(c.setup),
-        srun_args=tuple(c.srun_args),
-        sbatch_extra=tuple(sorted((str(k), v) for k, v in c.sbatch_extra.items())),
-        env_passthrough=tuple(c.env_passthrough),
-        env=(
-            # one thread per CPU the rank was given: more oversubscribes the node (46 vs 7 steps/s measured)
-            ("OMP_NUM_THREADS", str(c.cpus_per_task)),
-            ("PYTHONUNBUFFERED", "1"),
-        ),
+        setup=(*(str(s) for s in c.setup), *setup_file_lines),
+        srun_args=tuple(str(a) for a in c.srun_args),
+        # one spelling per flag (submitit writes both ntasks_per_node and ntasks-per-node as --ntasks-per-node)
+        sbatch_extra=tuple(sorted((str(k).replace("-", "_"), v) for k, v in c.sbatch_extra.items())),
+        env_passthrough=passthrough,
+        env=tuple(env),
         entry=(python, "-u", "-m", RANK_ENTRY, str(cfg.run_dir)),
+        strategy=str(cfg.trainer.strategy.name),
+        cpu_rehearsal=bool(c.get("cpu_rehearsal", False)),
+        requeue=bool(c.get("requeue", True)),
+        workdir=workdir if workdir is not None else os.getcwd(),
+        exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
     )

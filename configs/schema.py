@@ -197,6 +197,14 @@ class ClusterConfig:
 
 
 @dataclass
+class RequeueConfig:
+    # how many times a run that reaches its time limit is checkpointed and put back in the queue
+    max_timeouts: int = 3
+    # the same for preemptions; null: without limit
+    max_preemptions: Optional[int] = None
+
+
+@dataclass
 class ZerorunConfig:
     task: TaskConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -205,6 +213,7 @@ class ZerorunConfig:
     scheduler: SchedulerConfig = MISSING
     trainer: TrainerConfig = MISSING
     cluster: ClusterConfig = MISSING
+    requeue: RequeueConfig = field(default_factory=RequeueConfig)
     seed: int = 42
     # the run's name; the run folder is runs_dir/name/run_id and stays the same for every attempt of the run
     name: str = "${task.name}"

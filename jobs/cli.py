@@ -3,6 +3,12 @@
 A first argument that names a verb runs the verb; anything else is Hydra's command line
 (`zerorun task=nlp/translation trainer=deepspeed cluster=slurm ...`). Verbs import only what they use, so
 `zerorun status` and `zerorun --help` stay fast and never import torch.
+
+Why the app is not always started through `@hydra.main`: Hydra 1.3's app start composes the config twice (once
+to read hydra.mode, once to run), and its --help deep-copies the config store once per config group (~125 copies
+here, 0.5 s). A command line of plain overrides is composed once with Hydra's compose API and handed to the same
+`launch()`; anything aimed at Hydra itself (a flag such as --multirun/--cfg/--info, or a hydra.* override) still
+goes through `@hydra.main`. `--help` prints zerorun's own help, built from the verb table and the config folder.
 """
 
 from __future__ import annotations
@@ -17,15 +23,158 @@ def _cluster(argv: list[str]) -> int:
     return main(argv)
 
 
+def _status(argv: list[str]) -> int:
+    from jobs.verbs import status
+
+    return status(argv)
+
+
+def _logs(argv: list[str]) -> int:
+    from jobs.verbs import logs
+
+    return logs(argv)
+
+
+def _cancel(argv: list[str]) -> int:
+    from jobs.verbs import cancel
+
+    return cancel(argv)
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cluster": (_cluster, "a real Slurm cluster on this machine: zerorun cluster up | down | status"),
+    "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID] (none: every run)"),
+    "logs": (_logs, "a rank's log: zerorun logs JOB_ID|RUN_DIR [--rank R] [--batch] [--follow]"),
+    "cancel": (_cancel, "cancel a submitted job: zerorun cancel JOB_ID|RUN_DIR"),
 }
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def config_groups() -> dict[str, list[str]]:
+    """group -> its options, read from the config package's folders (what Hydra's --help lists, without Hydra)."""
+    from importlib.resources import files
+
+    root = files("configs")
+    groups: dict[str, list[str]] = {}
+
+    def walk(node, prefix: str, group: str) -> None:  # type: ignore[no-untyped-def]
+        for child in sorted(node.iterdir(), key=lambda c: c.name):
+            if child.is_dir() and not child.name.startswith("__"):
+                walk(child, f"{prefix}{child.name}/", group)
+            elif child.name.endswith(".yaml"):
+                groups.setdefault(group, []).append(prefix + child.name[: -len(".yaml")])
+
+    for top in sorted(root.iterdir(), key=lambda c: c.name):
+        if top.is_dir() and not top.name.startswith("__"):
+            walk(top, "", top.name)
+    return groups
+
+
+def help_text() -> str:
+    verbs = "\n".join(f"  {name:<8} {text}" for name, (_, text) in VERBS.items())
+    groups = "\n".join(f"  {g}: {', '.join(opts)}" for g, opts in config_groups().items())
+    return f"""zerorun: one Hydra config, one command: Lightning + DeepSpeed ZeRO-2 training here or on Slurm.
+
+usage:
+  zerorun [GROUP=OPTION] [KEY=VALUE]...   run (cluster=local) or submit (cluster=slurm) a training job
+  zerorun ... dry_run=true                 write and print what would run or be submitted; submit nothing
+  zerorun VERB [ARGS]
+
+verbs:
+{verbs}
+
+config groups (GROUP=OPTION):
+{groups}
+
+examples:
+  zerorun trainer.max_steps=20
+  zerorun cluster=local cluster.nodes=2 cluster.tasks_per_node=1 trainer=ddp
+  zerorun cluster=slurm cluster.nodes=2 cluster.gpus_per_node=4 trainer=deepspeed dry_run=true
+  zerorun status
+
+more: zerorun --cfg job (the composed config), zerorun --hydra-help (Hydra's flags), docs/cluster.md
+"""
+
+
+def _for_hydra(argv: list[str]) -> bool:
+    """Does the command line ask anything of Hydra itself (a flag, or a hydra.* override)?"""
+    for a in argv:
+        if a.startswith("-"):
+            return True
+        if a.lstrip("+~").startswith(("hydra.", "hydra/", "hydra=")):
+            return True
+    return False
+
+
+def run_overrides(overrides: list[str]) -> int:
+    """Compose the config once from plain overrides and launch it (what @hydra.main would do, minus its second
+    composition and its run-dir logging)."""
+    from hydra import compose, initialize_config_module
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from jobs.app import launch
+
+    try:
+        with initialize_config_module("configs", version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as e:
+        print(f"zerorun: {composition_error(e)}", file=sys.stderr)
+        return 1
+    return launch(cfg, overrides)
+
+
+def composition_error(e: BaseException) -> str:
+    """Hydra's message with its causes (the reason an override failed), plus the keys that do exist."""
+    import difflib
+    import re
+
+    messages = []
+    while e is not None and str(e) not in messages:
+        messages.append(str(e))
+        e = e.__cause__  # type: ignore[assignment]
+    text = "\n".join(messages)
+    m = re.search(r"Could not override '([\w.]+)'", text)
+    if m:
+        parent, _, leaf = m.group(1).rpartition(".")
+        valid = schema_keys(parent)
+        if valid:
+            near = difflib.get_close_matches(leaf, valid, n=1)
+            hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
+            text += f"\n{hint}valid keys of {parent or 'the config'}: {', '.join(valid)}"
+    return text + "\n(zerorun --help lists the config groups and their options)"
+
+
+def schema_keys(path: str) -> list[str]:
+    """The keys the schema declares at a dotted path ("cluster" -> nodes, gpus_per_node, ...)."""
+    import dataclasses
+    import typing
+
+    from configs import schema
+
+    node: object = schema.ZerorunConfig
+    for part in filter(None, path.split(".")):
+        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        node = hints.get(part)
+    if not dataclasses.is_dataclass(node):
+        return []
+    return [f.name for f in dataclasses.fields(node)]
 
 
 def main() -> None:
     argv = sys.argv[1:]
     if argv and argv[0] in VERBS:
         sys.exit(VERBS[argv[0]][0](argv[1:]))
+    if any(a in HELP_FLAGS for a in argv):
+        sys.stdout.write(help_text())
+        sys.exit(0)
+    if not _for_hydra(argv):
+        sys.exit(run_overrides(argv))
     from jobs.app import hydra_main
 
     hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,6 +1,6 @@
 """What a submission leaves in its run folder: a snapshot of what ran, and a small record of the submission.
 
-snapshot/  the rendered script, the git commit and uncommitted diff of the user's code (when the submitting
+snapshot/  the resolved config and the rendered script, the git commit and uncommitted diff of the user's code (when the submitting
            directory is in a git repo), the versions of the packages that matter, the Python that runs the ranks.
 submission.json  job id, submit time, command, for `zerorun status/logs/cancel`; submissions.jsonl keeps every
            submission of the run (a resumed run is submitted again into the same folder).
@@ -100,11 +100,13 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_snapshot(run_dir: str, script: str, workdir: str, python: str) -> Path:
-    """Snapshot what is about to run into RUN_DIR/snapshot (the config is RUN_DIR/config.yaml)."""
+def write_snapshot(run_dir: str, config_yaml: str, script: str, workdir: str, python: str) -> Path:
+    """Snapshot what is about to run into RUN_DIR/snapshot (the latest submission's; the ranks read
+    RUN_DIR/config.yaml)."""
     out = Path(run_dir) / SNAPSHOT_DIR
     out.mkdir(mode=0o700, exist_ok=True)
     facts, diff = git_state(workdir)
+    _write(out / "config.yaml", config_yaml)
     _write(out / "job.sbatch", script)
     _write(out / "git.json", json.dumps({**facts, "workdir": workdir}, indent=1, ensure_ascii=False) + "\n")
     _write(out / "git.diff", diff)

@@ -1,0 +1,206 @@
+"""Preflight: the problems of a plan, named before anything is submitted.
+
+`probe()` asks the cluster once (`sinfo`) and returns its facts; `check(plan, facts)` is pure: the plan and
+those facts in, one sentence per problem out, each naming the key to change. Dry-run and submit both run it;
+submit refuses a plan with problems.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from typing import Optional
+
+from cluster import quoting
+from cluster.plan import JobPlan
+
+SINFO_FORMAT = "%N|%P|%c|%m|%G"
+PROBE_TIMEOUT_S = 10.0
+_MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
+_MEM_UNIT_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
+_SIGNAL = re.compile(r"^((SIG)?[A-Z]+[0-9]*|[0-9]+)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    name: str
+    cpus: int
+    mem_mb: int
+    gpus: int
+
+
+@dataclass(frozen=True)
+class ClusterFacts:
+    """What sinfo said: partition -> its nodes; `error` when it did not answer."""
+
+    partitions: dict[str, tuple[NodeFacts, ...]] = field(default_factory=dict)
+    default_partition: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def answered(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Preflight:
+    problems: list[str]
+    # what could not be checked, and why (not a reason to refuse)
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def mem_mb(text: str) -> Optional[int]:
+    """A Slurm memory size ("32G", "500M", "1T", "4096") in MB; None when it is not one."""
+    m = _MEM.match(text.strip())
+    if not m:
+        return None
+    return int(int(m.group(1)) * _MEM_UNIT_MB[m.group(2).upper()])
+
+
+def _gpus(gres: str) -> int:
+    """GPUs in a gres string: "gpu:8", "gpu:a100:4(S:0-1),shard:2" -> 8, 4; "(null)" -> 0."""
+    total = 0
+    for item in gres.split(","):
+        parts = re.sub(r"\(.*?\)", "", item).split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+def parse_sinfo(text: str) -> ClusterFacts:
+    """Facts from `sinfo -h -N -o '%N|%P|%c|%m|%G'` (one line per node and partition)."""
+    partitions: dict[str, list[NodeFacts]] = {}
+    default = None
+    for line in text.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 5:
+            continue
+        node, part, cpus, mem, gres = fields
+        if part.endswith("*"):
+            part = part[:-1]
+            default = part
+        digits = re.sub(r"\D.*", "", mem)
+        partitions.setdefault(part, []).append(
+            NodeFacts(node, int(cpus) if cpus.isdigit() else 0, int(digits) if digits else 0, _gpus(gres))
+        )
+    return ClusterFacts({p: tuple(n) for p, n in sorted(partitions.items())}, default)
+
+
+def probe(timeout: float = PROBE_TIMEOUT_S) -> ClusterFacts:
+    """Ask sinfo what the cluster has. The one place the preflight touches the cluster."""
+    if shutil.which("sinfo") is None:
+        return ClusterFacts(error="sinfo is not on PATH")
+    try:
+        out = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return ClusterFacts(error=f"sinfo did not answer within {timeout:.0f} s")
+    if out.returncode != 0:
+        return ClusterFacts(error=f"sinfo failed: {out.stderr.strip() or out.returncode}")
+    return parse_sinfo(out.stdout)
+
+
+def plan_problems(plan: JobPlan) -> list[str]:
+    """Problems of the plan alone (no cluster facts needed)."""
+    from cluster.render import OWNED_SBATCH_KEYS, sbatch_parameters
+
+    p: list[str] = []
+    if plan.nodes < 1:
+        p.append(f"cluster.nodes={plan.nodes}: a job needs at least 1 node; set cluster.nodes=1 or more")
+    if plan.tasks_per_node < 1:
+        p.append(f"cluster.tasks_per_node={plan.tasks_per_node}: set it to the ranks per node (the GPUs per node, "
+                 "or the CPU ranks when cluster.gpus_per_node=0)")
+    if plan.gpus_per_node < 0:
+        p.append(f"cluster.gpus_per_node={plan.gpus_per_node}: must be 0 (CPU ranks) or more")
+    if plan.gpus_per_node > 0 and plan.tasks_per_node != plan.gpus_per_node:
+        p.append(f"nodes({plan.nodes}) x tasks_per_node({plan.tasks_per_node}) = {plan.world_size} ranks on "
+                 f"nodes({plan.nodes}) x gpus_per_node({plan.gpus_per_node}) = {plan.nodes * plan.gpus_per_node} "
+                 "GPUs: zerorun runs one rank per GPU; set cluster.tasks_per_node=${cluster.gpus_per_node}")
+    if plan.cpus_per_task < 1:
+        p.append(f"cluster.cpus_per_task={plan.cpus_per_task}: must be at least 1")
+    if plan.time_min < 1:
+        p.append(f"cluster.time_min={plan.time_min}: the time limit must be at least 1 minute")
+    if plan.signal_delay_s < 0:
+        p.append(f"cluster.signal_delay_s={plan.signal_delay_s}: must be 0 or more seconds")
+    elif plan.signal_delay_s >= plan.time_min * 60:
+        p.append(f"cluster.signal_delay_s({plan.signal_delay_s}) is not shorter than the time limit "
+                 f"cluster.time_min({plan.time_min}) x 60 = {plan.time_min * 60} s: lower signal_delay_s or raise "
+                 "time_min")
+    if not _SIGNAL.match(plan.signal):
+        p.append(f"cluster.signal={plan.signal!r} is not a signal name or number; use e.g. USR1, USR2 or TERM")
+    if plan.backend == "slurm" and plan.strategy == "deepspeed" and plan.gpus_per_node == 0 and not plan.cpu_rehearsal:
+        p.append("trainer.strategy.name=deepspeed on a Slurm job with cluster.gpus_per_node=0: DeepSpeed needs "
+                 "GPUs; set cluster.gpus_per_node (and tasks_per_node) to the GPUs of a node, or "
+                 "cluster.cpu_rehearsal=true to rehearse DeepSpeed on CPU ranks")
+    if plan.mem is not None and mem_mb(plan.mem) is None:
+        p.append(f"cluster.mem={plan.mem!r} is not a Slurm memory size; write e.g. 32G or 500M (per node)")
+    for name in plan.env_passthrough:
+        if not _ENV_NAME.match(name):
+            p.append(f"cluster.env_passthrough lists {name!r}, which is not a variable name; list names only "
+                     "(HF_TOKEN, not HF_TOKEN=...): values are taken from the submitting shell")
+    for key, _ in plan.sbatch_extra:
+        if key in OWNED_SBATCH_KEYS:
+            p.append(f"cluster.sbatch_extra.{key}: zerorun sets --{key.replace('_', '-')} itself from "
+                     f"{OWNED_SBATCH_KEYS[key]}; remove it from sbatch_extra")
+    if plan.backend == "slurm" and not p:
+        try:
+            sbatch_parameters(plan)
+            quoting.filename_pattern(plan.run_dir)
+        except quoting.QuotingError as e:
+            p.append(str(e))
+    return p
+
+
+def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
+    """Problems of the plan on this cluster: partition, node count, memory, CPUs and GPUs per node."""
+    if not facts.answered:
+        return []
+    valid = ", ".join(facts.partitions) or "(none)"
+    name = plan.partition or facts.default_partition
+    if name is None:
+        return [f"cluster.partition is not set and the cluster has no default partition; choose one of: {valid}"]
+    if name not in facts.partitions:
+        return [f"cluster.partition={name!r} does not exist on this cluster; choose one of: {valid}"]
+    nodes = facts.partitions[name]
+    p: list[str] = []
+    where = f"partition {name!r}"
+    if plan.nodes > len(nodes):
+        p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes)} nodes; lower cluster.nodes or choose "
+                 f"another partition ({valid})")
+    want_mb = mem_mb(plan.mem) if plan.mem else None
+    if want_mb is not None:
+        fit = [n for n in nodes if n.mem_mb >= want_mb]
+        if len(fit) < plan.nodes:
+            largest = max((n.mem_mb for n in nodes), default=0)
+            p.append(f"cluster.mem={plan.mem} ({want_mb} MB per node) is more than {where} offers on "
+                     f"{plan.nodes} node(s) (largest node: {largest} MB); lower cluster.mem")
+    cpus = plan.tasks_per_node * plan.cpus_per_task
+    most_cpus = max((n.cpus for n in nodes), default=0)
+    if cpus > most_cpus:
+        p.append(f"tasks_per_node({plan.tasks_per_node}) x cpus_per_task({plan.cpus_per_task}) = {cpus} CPUs per "
+                 f"node, but the nodes of {where} have at most {most_cpus}; lower cluster.cpus_per_task or "
+                 "cluster.tasks_per_node")
+    most_gpus = max((n.gpus for n in nodes), default=0)
+    if plan.gpus_per_node > most_gpus:
+        p.append(f"cluster.gpus_per_node={plan.gpus_per_node}, but the nodes of {where} have at most {most_gpus} "
+                 "GPUs; set cluster.gpus_per_node (and tasks_per_node) to what a node has"
+                 + (" (0 for CPU ranks)" if most_gpus == 0 else ""))
+    return p
+
+
+def check(plan: JobPlan, facts: ClusterFacts) -> Preflight:
+    problems = plan_problems(plan)
+    notes = []
+    if plan.backend == "slurm":
+        if facts.answered:
+            problems += cluster_problems(plan, facts)
+        else:
+            notes.append(f"the cluster was not asked ({facts.error}): partition, nodes and memory were not checked")
+    return Preflight(problems, notes)

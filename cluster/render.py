@@ -1,0 +1,221 @@
+"""Rendering: a JobPlan in, the exact text that would run out. Pure and deterministic (no clock, no argv, no
+environment read): the same plan and context give the same bytes, so scripts compare whole against golden files.
+
+- `sbatch_script`: the Slurm batch script, from submitit's own renderer (`_make_sbatch_string`): one allocation
+  of nodes x tasks_per_node, srun starting every rank with the plan's entry command.
+- `rank_table`: who is who in the job (host, RANK, LOCAL_RANK, ...), derived through the same rendezvous
+  function the ranks use, from the variables Slurm (or the local backend) will set.
+- `local_commands`: what the local backend would start.
+
+Every literal goes through cluster.quoting. The run folder's path, whatever characters it holds, never reaches
+an #SBATCH line: sbatch's directive parser cannot carry a newline, and Slurm expands `%j` even in the working
+directory it prefixes to a relative log path. So the batch script's own output is sent to /dev/null by Slurm and
+redirected by the script's first line (a shell word, quoted like any other); the ranks' logs are named on the
+srun line, with `%` escaped for Slurm's file name patterns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from cluster import quoting
+from cluster.plan import JobPlan
+from cluster.rendezvous import PORT_BASE, PORT_SPAN, SLURM_ENV, derive
+
+SCRIPT_NAME = "job.sbatch"
+LOG_DIR = "logs"
+# Slurm expands %j (job id) and %t (task id = global rank); one file per rank, stdout and stderr together.
+RANK_LOG_PATTERN = "%j_%t.out"
+# The batch script's own output (setup lines, srun's report of which task failed); the script redirects it here.
+BATCH_LOG_SUFFIX = "_batch.out"
+
+# sbatch flags zerorun sets from cluster.* keys: cluster.sbatch_extra may not set them behind its back.
+OWNED_SBATCH_KEYS = {
+    "job_name": "name", "nodes": "cluster.nodes", "ntasks_per_node": "cluster.tasks_per_node",
+    "ntasks": "cluster.nodes and cluster.tasks_per_node", "gpus_per_node": "cluster.gpus_per_node",
+    "cpus_per_task": "cluster.cpus_per_task", "mem": "cluster.mem", "time": "cluster.time_min",
+    "partition": "cluster.partition", "account": "cluster.account", "qos": "cluster.qos",
+    "constraint": "cluster.constraint", "exclude": "cluster.exclude", "exclusive": "cluster.exclusive",
+    "signal": "cluster.signal and cluster.signal_delay_s", "requeue": "cluster.requeue",
+    "no_requeue": "cluster.requeue", "export": "cluster.env_passthrough", "output": "(zerorun's log layout)",
+    "error": "(zerorun's log layout)", "open_mode": "(zerorun's log layout)", "chdir": "(the run folder)",
+    "array": "(one job per run)",
+}
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    """What the script names besides the plan: given as data, so rendering reads nothing of its own."""
+
+    version: str
+    # the command line that produced the script (argv), for the header comment
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RankRow:
+    host: str
+    rank: int
+    local_rank: int
+    node_rank: int
+    world_size: int
+    master: str
+    device: str
+
+
+def rank_log(job_id: str, rank: int) -> str:
+    """A rank's log file, relative to the run folder (the name RANK_LOG_PATTERN expands to)."""
+    return f"{LOG_DIR}/{job_id}_{rank}.out"
+
+
+def batch_log(job_id: str) -> str:
+    return f"{LOG_DIR}/{job_id}{BATCH_LOG_SUFFIX}"
+
+
+def sbatch_argv(test_only: bool = False) -> list[str]:
+    """The sbatch call, run with the run folder as its working directory."""
+    return ["sbatch", "--test-only" if test_only else "--parsable", SCRIPT_NAME]
+
+
+def srun_argv(plan: JobPlan) -> list[str]:
+    """srun inside the allocation: every rank, one log per rank, and one failing rank ends them all."""
+    rank_logs = quoting.filename_pattern(f"{plan.run_dir}/{LOG_DIR}/") + RANK_LOG_PATTERN
+    return ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--open-mode=append", f"--output={rank_logs}",
+            *plan.srun_args, *plan.entry]
+
+
+def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(submitit's named parameters, its additional_parameters), every value checked by quoting.directive."""
+    params: dict[str, Any] = {
+        "job_name": quoting.slurm_name(plan.name),
+        "partition": plan.partition,
+        "time": plan.time_min,
+        "nodes": plan.nodes,
+        "ntasks_per_node": plan.tasks_per_node,
+        "cpus_per_task": plan.cpus_per_task,
+        "gpus_per_node": plan.gpus_per_node or None,
+        "qos": plan.qos,
+        "mem": plan.mem,
+        "constraint": plan.constraint,
+        "exclude": plan.exclude,
+        "account": plan.account,
+        "exclusive": True if plan.exclusive else None,
+    }
+    checked = {k: quoting.directive(k, v) if v is not True else v for k, v in params.items() if v is not None}
+    additional: dict[str, Any] = {
+        # submitit hardcodes USR2@90; this key replaces it, so the script has exactly one --signal line
+        "signal": quoting.directive("signal", f"{plan.signal}@{plan.signal_delay_s}"),
+        # the script's first line redirects its output into the run folder (see the module doc)
+        "output": "/dev/null",
+        "export": quoting.directive("export", ",".join(plan.exports) or "NONE"),
+    }
+    if plan.requeue:
+        additional["requeue"] = True
+    for key, value in plan.sbatch_extra:
+        quoting.directive("sbatch_extra key", key)
+        if value is False or value is None:
+            continue
+        additional[key] = True if value is True else quoting.directive(key, value)
+    return checked, additional
+
+
+def _setup_lines(plan: JobPlan) -> list[str]:
+    batch_log = quoting.word(f"{plan.run_dir}/{LOG_DIR}/") + '"${SLURM_JOB_ID}"' + BATCH_LOG_SUFFIX
+    return [
+        f"exec >>{batch_log} 2>&1",
+        # setup lines and ranks run where the user submitted from
+        f"cd {quoting.word(plan.workdir)}",
+        # sbatch --export=NAMES hands srun the same list; ALL gives the ranks what the lines below export
+        "export SLURM_EXPORT_ENV=ALL",
+        *plan.setup,
+        *(quoting.assign(k, v) for k, v in plan.env),
+    ]
+
+
+def sbatch_script(plan: JobPlan, ctx: RenderContext) -> str:
+    """The batch script for `plan`, rendered by submitit, with zerorun's header."""
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    params, additional = sbatch_parameters(plan)
+    body = _make_sbatch_string(
+        command=quoting.join(srun_argv(plan)),
+        folder=plan.run_dir,  # unused: every path submitit would derive from it is set below
+        wckey=None,  # type: ignore[arg-type]
+        setup=_setup_lines(plan),
+        stderr_to_stdout=True,
+        use_srun=False,  # zerorun writes the srun line itself, through cluster.quoting
+        additional_parameters=additional,
+        **params,
+    )
+    shebang, _, rest = body.partition("\n")
+    header = [
+        shebang,
+        f"# rendered by zerorun {ctx.version} for run {quoting.comment(plan.name)}",
+        f"# command: {quoting.comment(quoting.join(ctx.command))}",
+        f"# submitted from the run folder: {' '.join(sbatch_argv())}",
+    ]
+    return "\n".join(header) + "\n" + rest
+
+
+def _port_text(plan: JobPlan) -> str:
+    if plan.master_port is not None:
+        return str(plan.master_port)
+    if plan.backend == "local":
+        return "<free port>"
+    return f"<{PORT_BASE}+jobid%{PORT_SPAN}>"
+
+
+def rank_table(plan: JobPlan, hosts: Optional[list[str]] = None) -> list[RankRow]:
+    """Every rank as the rendezvous contract will derive it from the variables Slurm sets for it."""
+    if hosts is None:
+        hosts = ["127.0.0.1"] * plan.nodes if plan.backend == "local" else [f"node{n}" for n in range(plan.nodes)]
+    nodelist = hosts[0] if len(set(hosts)) == 1 else ",".join(hosts)
+    common = {
+        SLURM_ENV["world_size"]: str(plan.world_size),
+        SLURM_ENV["num_nodes"]: str(plan.nodes),
+        SLURM_ENV["nodelist"]: nodelist,
+        SLURM_ENV["job_id"]: "0",
+    }
+    port = _port_text(plan)
+    rows = []
+    for spec in plan.ranks(hosts):
+        env = {
+            **common,
+            SLURM_ENV["global_rank"]: str(spec.rank),
+            SLURM_ENV["local_rank"]: str(spec.local_rank),
+            SLURM_ENV["node_rank"]: str(spec.node_rank),
+        }
+        r = derive(env, nodes=plan.nodes, tasks_per_node=plan.tasks_per_node)
+        rows.append(RankRow(spec.host, r.rank, r.local_rank, r.node_rank, r.world_size, f"{r.master_addr}:{port}",
+                            spec.device))
+    return rows
+
+
+TABLE_COLUMNS = ("host", "RANK", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR:PORT", "device")
+
+
+def table_cells(row: RankRow) -> tuple[str, ...]:
+    return (row.host, str(row.rank), str(row.local_rank), str(row.node_rank), str(row.world_size), row.master,
+            row.device)
+
+
+def table_text(rows: list[RankRow]) -> str:
+    """The rank table as aligned plain text (what the run folder keeps)."""
+    cells = [TABLE_COLUMNS, *(table_cells(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS))]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for c in cells) + "\n"
+
+
+def local_commands(plan: JobPlan) -> str:
+    """The processes the local backend starts, one shell line each, with the Slurm variables it sets."""
+    lines = [f"cd {quoting.word(plan.workdir)}"]
+    for spec in plan.ranks(["127.0.0.1"] * plan.nodes):
+        env = {
+            SLURM_ENV["global_rank"]: spec.rank, SLURM_ENV["local_rank"]: spec.local_rank,
+            SLURM_ENV["node_rank"]: spec.node_rank, SLURM_ENV["world_size"]: plan.world_size,
+            SLURM_ENV["num_nodes"]: plan.nodes, SLURM_ENV["nodelist"]: "127.0.0.1", **dict(plan.env),
+        }
+        assigns = " ".join(f"{k}={quoting.word(v)}" for k, v in env.items())
+        lines.append(f"env {assigns} {quoting.join(plan.entry)} > {quoting.word(f'{plan.run_dir}/logs/rank-{spec.rank}.log')}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,257 @@
+"""`zerorun status | logs | cancel`: follow submitted runs. Each verb takes a run folder or a Slurm job id.
+
+A run folder knows its job from submission.json; a job id finds its run folder under the runs folder. States
+come from cluster.slurm (squeue, then sacct, then scontrol); a failed job names the rank that failed first, from
+srun's report in the job's batch log, or else from the rank logs that end in a Python traceback.
+Imports nothing of the training stack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence, TextIO
+
+from cluster import render
+from jobs import snapshot
+
+FOLLOW_POLL_S = 0.5
+STATE_POLL_S = 2.0
+_ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*)$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Target:
+    run_dir: Optional[Path]
+    job_id: Optional[str]
+    # "slurm", "local" (run by the local backend), "dry-run"
+    kind: str
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("ZERORUN_RUNS", "runs"))
+
+
+def _kind(run_dir: Path) -> str:
+    if (run_dir / snapshot.RECORD_NAME).exists():
+        return "slurm"
+    if (run_dir / render.SCRIPT_NAME).exists() or (run_dir / "job.local.sh").exists():
+        return "dry-run"
+    return "local"
+
+
+def find_runs(runs_dir: Path) -> list[Path]:
+    """Run folders under the runs folder (runs_dir/name/run_id holding a config.yaml), oldest first."""
+    found = [p.parent for p in runs_dir.glob("*/*/config.yaml")]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def resolve(target: str, runs_dir: Path) -> Target:
+    """A run folder or a job id -> the run folder and its job."""
+    path = Path(target)
+    if path.is_dir():
+        if not (path / "config.yaml").exists():
+            raise SystemExit(f"zerorun: {target} is not a zerorun run folder (it has no config.yaml)")
+        record = snapshot.read_record(path)
+        return Target(path.resolve(), record.job_id if record else None, _kind(path))
+    if target.isdigit():
+        for run_dir in reversed(find_runs(runs_dir)):
+            history = run_dir / snapshot.HISTORY_NAME
+            if history.exists() and re.search(rf'"job_id": "{target}"', history.read_text(errors="replace")):
+                return Target(run_dir.resolve(), target, "slurm")
+        return Target(None, target, "slurm")
+    raise SystemExit(f"zerorun: {target!r} is neither a run folder nor a job id; give a path such as "
+                     f"{runs_dir}/NAME/RUN_ID or the number sbatch printed")
+
+
+def last_error(log_text: str) -> Optional[str]:
+    """The exception line of the last Python traceback in a log, if any."""
+    if "Traceback (most recent call last)" not in log_text:
+        return None
+    tail = log_text[log_text.rindex("Traceback (most recent call last)"):]
+    errors = _ERROR_LINE.findall(tail)
+    return errors[-1][0].strip() if errors else "a Python exception"
+
+
+def rank_logs(run_dir: Path, job_id: Optional[str]) -> dict[int, Path]:
+    """rank -> its log file (Slurm: logs/JOB_RANK.out; local backend: logs/rank-N.log)."""
+    logs: dict[int, Path] = {}
+    pattern = re.compile(rf"^{re.escape(job_id)}_(\d+)\.out$" if job_id else r"^rank-(\d+)\.log$")
+    for p in (run_dir / render.LOG_DIR).glob("*"):
+        m = pattern.match(p.name)
+        if m:
+            logs[int(m.group(1))] = p
+    return dict(sorted(logs.items()))
+
+
+def failing_rank(run_dir: Path, job_id: Optional[str]) -> Optional[tuple[int, str]]:
+    """(rank, what happened) of the rank that failed first, from srun's report, else from the rank logs."""
+    from cluster.slurm import read_failures
+
+    logs = rank_logs(run_dir, job_id)
+    errors = {r: last_error(p.read_text(errors="replace")) for r, p in logs.items()}
+    if job_id:
+        failures = read_failures(run_dir, job_id)
+        if failures:
+            f = failures[0]
+            return f.rank, f"{f.how} on {f.host}" + (f": {errors[f.rank]}" if errors.get(f.rank) else "")
+    for rank, error in errors.items():
+        if error:
+            return rank, error
+    return None
+
+
+def _print_table(columns: Sequence[str], rows: list[Sequence[str]], out: TextIO) -> None:
+    if out.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*row)
+        Console(file=out, highlight=False).print(table)
+        return
+    cells = [list(columns), *[list(r) for r in rows]]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    for c in cells:
+        out.write("  ".join(c[i].ljust(widths[i]) for i in range(len(columns))).rstrip() + "\n")
+
+
+def _geometry(run_dir: Optional[Path]) -> str:
+    if run_dir is None:
+        return ""
+    try:
+        from jobs.runs import load_config
+
+        c = load_config(run_dir).cluster
+        return f"{c.nodes}x{c.tasks_per_node}"
+    except Exception:  # a half-written or foreign folder: the row still shows what is known
+        return "?"
+
+
+def status(argv: list[str], out: TextIO = sys.stdout) -> int:
+    p = argparse.ArgumentParser(prog="zerorun status", description="The state of submitted runs, one row per job.")
+    p.add_argument("target", nargs="?", help="a run folder or a Slurm job id (default: every run under --runs-dir)")
+    p.add_argument("--runs-dir", type=Path, default=default_runs_dir(), help="where runs are (default: $ZERORUN_RUNS or ./runs)")
+    args = p.parse_args(argv)
+    if args.target:
+        targets = [resolve(args.target, args.runs_dir)]
+    else:
+        targets = [resolve(str(d), args.runs_dir) for d in find_runs(args.runs_dir)]
+        if not targets:
+            out.write(f"zerorun: no runs under {args.runs_dir} (set --runs-dir or ZERORUN_RUNS)\n")
+            return 0
+    from cluster.slurm import query
+
+    states = query([t.job_id for t in targets if t.job_id])
+    rows = []
+    for t in targets:
+        st = states.get(t.job_id or "")
+        state = st.state if st else {"local": "LOCAL", "dry-run": "DRY RUN"}.get(t.kind, "UNKNOWN")
+        if t.kind == "local" and t.run_dir and (t.run_dir / "metrics.json").exists():
+            state = "LOCAL DONE"
+        detail = ""
+        if st and st.state in ("PENDING", "REQUEUED", "UNKNOWN"):
+            detail = st.reason
+        if t.run_dir and (not st or st.finished or st.state == "COMPLETING") and state != "COMPLETED":
+            failed = failing_rank(t.run_dir, t.job_id)
+            if failed:
+                detail = f"rank {failed[0]} failed: {failed[1]}"
+        if not detail and st and st.finished and st.exit_code not in ("", "0:0"):
+            detail = f"exit {st.exit_code}"
+        rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "", detail,
+                     str(t.run_dir) if t.run_dir else "(run folder not found)"])
+    _print_table(("JOB", "STATE", "NODESxTASKS", "ELAPSED", "DETAIL", "RUN FOLDER"), rows, out)
+    return 0
+
+
+def _log_path(t: Target, run_dir: Path, rank: Optional[int], batch: bool) -> tuple[Path, str]:
+    if batch:
+        if not t.job_id:
+            raise SystemExit("zerorun: --batch needs a Slurm job; this run ran on the local backend")
+        return run_dir / render.batch_log(t.job_id), "batch script"
+    if rank is None:
+        failed = failing_rank(run_dir, t.job_id)
+        rank = failed[0] if failed else 0
+    logs = rank_logs(run_dir, t.job_id)
+    path = logs.get(rank)
+    if path is None:
+        expected = render.rank_log(t.job_id, rank) if t.job_id else f"{render.LOG_DIR}/rank-{rank}.log"
+        path = run_dir / expected
+    return path, f"rank {rank}"
+
+
+def logs(argv: list[str], out: TextIO = sys.stdout) -> int:
+    p = argparse.ArgumentParser(prog="zerorun logs", description="Print a rank's log (default: the rank that "
+                                "failed first, else rank 0).")
+    p.add_argument("target", help="a run folder or a Slurm job id")
+    p.add_argument("--rank", type=int, default=None, help="which rank's log")
+    p.add_argument("--batch", action="store_true", help="the batch script's log (setup lines, srun's report)")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    p.add_argument("--runs-dir", type=Path, default=default_runs_dir())
+    args = p.parse_args(argv)
+    t = resolve(args.target, args.runs_dir)
+    if t.run_dir is None:
+        print(f"zerorun: no run folder under {args.runs_dir} records job {t.job_id}; pass the run folder, or "
+              "--runs-dir where it is", file=sys.stderr)
+        return 1
+    path, what = _log_path(t, t.run_dir, args.rank, args.batch)
+    print(f"==> {what}: {path}", file=sys.stderr)
+    offset = 0
+    if path.exists():
+        offset = _copy(path, 0, out)
+    elif not args.follow:
+        print(f"zerorun: {path} does not exist (yet): the job may still be pending (zerorun status {t.job_id or t.run_dir})",
+              file=sys.stderr)
+        return 1
+    if args.follow and t.job_id:
+        from cluster.slurm import query
+
+        next_state = 0.0
+        while True:
+            offset = _copy(path, offset, out) if path.exists() else offset
+            if time.monotonic() >= next_state:
+                st = query([t.job_id])[t.job_id]
+                if st.finished or st.state == "UNKNOWN":
+                    if path.exists():
+                        _copy(path, offset, out)
+                    print(f"==> job {t.job_id} {st.state}", file=sys.stderr)
+                    break
+                next_state = time.monotonic() + STATE_POLL_S
+            time.sleep(FOLLOW_POLL_S)
+    return 0
+
+
+def _copy(path: Path, offset: int, out: TextIO) -> int:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read()
+    if data:
+        out.write(data.decode(errors="replace"))
+        out.flush()
+    return offset + len(data)
+
+
+def cancel(argv: list[str], out: TextIO = sys.stdout) -> int:
+    p = argparse.ArgumentParser(prog="zerorun cancel", description="Cancel a submitted job (scancel).")
+    p.add_argument("target", help="a run folder or a Slurm job id")
+    p.add_argument("--runs-dir", type=Path, default=default_runs_dir())
+    args = p.parse_args(argv)
+    t = resolve(args.target, args.runs_dir)
+    if not t.job_id:
+        print(f"zerorun: {t.run_dir} was not submitted to Slurm (a local run stops with Ctrl-C)", file=sys.stderr)
+        return 1
+    from cluster.slurm import SlurmError, scancel
+
+    try:
+        scancel(t.job_id)
+    except SlurmError as e:
+        print(f"zerorun: {e}", file=sys.stderr)
+        return 1
+    out.write(f"zerorun: cancel requested for job {t.job_id}; see zerorun status {t.job_id}\n")
+    return 0
