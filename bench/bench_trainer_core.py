@@ -70,7 +70,7 @@ def bench_lightning(steps: int, warmup: int) -> float:
 
         rdv = single_process(_free_port())
         store = CheckpointStore(cfg.run_dir)
-        trainer = build_trainer(cfg, rdv, Path(cfg.run_dir), store, CheckpointMeta(0, "auto", 1, "bench"))
+        trainer, _ = build_trainer(cfg, rdv, Path(cfg.run_dir), store, CheckpointMeta(0, "auto", 1, "bench"))
         trainer.callbacks.append(Clock())
         trainer.fit(task, datamodule=dm)
         return (steps - warmup) / (stamps[-1] - stamps[warmup - 1])

@@ -7,6 +7,7 @@ The launcher supervises: when one rank fails, the others are stopped, and the fa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -16,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Iterator, Mapping, Optional
 
 from cluster.plan import JobPlan, RankSpec
 from cluster.rendezvous import PORT_OVERRIDE_ENV, SLURM_ENV
@@ -71,27 +72,48 @@ def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None) -> LocalRes
     procs: dict[int, subprocess.Popen] = {}
     logs: dict[int, str] = {}
     files = []
+    # Forwarding starts before any rank does: a signal meanwhile reaches the ranks already started (one is
+    # enough: the ranks agree on a stop at the next step).
     try:
-        for spec in plan.ranks([LOCAL_HOST] * plan.nodes):
-            path = log_dir / f"rank-{spec.rank}.log"
-            logs[spec.rank] = str(path)
-            f = open(path, "ab")
-            files.append(f)
-            env = {**base, **rank_environ(plan, spec, job_id, port)}
-            lead = spec.rank == 0
-            procs[spec.rank] = subprocess.Popen(
-                list(plan.entry), env=env, stdout=subprocess.PIPE if lead else f, stderr=subprocess.STDOUT
-            )
-            if lead:
-                threading.Thread(target=_tee, args=(procs[0].stdout, f), daemon=True).start()
-        result = _supervise(procs, logs)
-        return result
+        with _forwarding(procs, plan.signal):
+            for spec in plan.ranks([LOCAL_HOST] * plan.nodes):
+                path = log_dir / f"rank-{spec.rank}.log"
+                logs[spec.rank] = str(path)
+                f = open(path, "ab")
+                files.append(f)
+                env = {**base, **rank_environ(plan, spec, job_id, port)}
+                lead = spec.rank == 0
+                procs[spec.rank] = subprocess.Popen(
+                    list(plan.entry), env=env, stdout=subprocess.PIPE if lead else f, stderr=subprocess.STDOUT
+                )
+                if lead:
+                    threading.Thread(target=_tee, args=(procs[0].stdout, f), daemon=True).start()
+            return _supervise(procs, logs)
     except KeyboardInterrupt:
         _stop(procs)
         return LocalResult(130, None, logs)
     finally:
         for f in files:
             f.close()
+
+
+@contextlib.contextmanager
+def _forwarding(procs: dict[int, subprocess.Popen], job_signal: str) -> Iterator[None]:
+    """Deliver the job's signal and SIGTERM to every rank, as Slurm delivers them to every task: each rank
+    then checkpoints at the next step boundary and stops (a rehearsal of preemption on this machine)."""
+    signums = {getattr(signal, "SIG" + job_signal.upper().removeprefix("SIG")), signal.SIGTERM}
+
+    def forward(signum: int, frame: object) -> None:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    previous = {s: signal.signal(s, forward) for s in signums}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _tee(source, log_file) -> None:  # type: ignore[no-untyped-def]

@@ -11,6 +11,7 @@ import sys
 
 from cluster.rendezvous import RendezvousError, derive
 from jobs.runs import load_config
+from jobs.signals import StopSignals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m jobs.rank RUN_DIR", file=sys.stderr)
         return 2
     cfg = load_config(argv[0])
+    signals = StopSignals(cfg.cluster.signal)
+    signals.hold()  # before the slow imports: a stop asked for during start-up is kept, not fatal
     os.environ["OMP_NUM_THREADS"] = str(cfg.cluster.cpus_per_task)
     try:
         rendezvous = derive(os.environ, nodes=cfg.cluster.nodes, tasks_per_node=cfg.cluster.tasks_per_node)
@@ -27,10 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     os.environ.update(rendezvous.env())
 
-    from trainer_core.train import train
+    from trainer_core.train import fit
 
-    train(cfg, rendezvous)
-    return 0
+    return fit(cfg, rendezvous, signals).exit_code
 
 
 if __name__ == "__main__":

@@ -121,6 +121,13 @@ class CheckpointStore:
         return final
 
 
+def on_last_batch(trainer: pl.Trainer) -> bool:
+    """Whether the batch that just ended is its epoch's last. A save then waits for on_train_epoch_end: saved
+    before the epoch is counted as processed, a resumed run would repeat the epoch's end with the next epoch's
+    data order, and the data position and epoch counter would disagree (the run would not resume exactly)."""
+    return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
+
+
 class AtomicCheckpoint(pl.Callback):
     """Saves through CheckpointStore every `every_n_steps` optimizer steps and at the end of training."""
 
@@ -129,10 +136,19 @@ class AtomicCheckpoint(pl.Callback):
         self.store, self.meta = store, meta
         self.every_n_steps, self.keep_last, self.save_at_end = every_n_steps, keep_last, save_at_end
         self._last_saved_step = -1
+        self._due_at_epoch_end = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         step = trainer.global_step
         if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_saved_step:
+            if on_last_batch(trainer):
+                self._due_at_epoch_end = True
+            else:
+                self.save(trainer)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._due_at_epoch_end:
+            self._due_at_epoch_end = False
             self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import socket
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,16 +20,35 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from cluster.rendezvous import Rendezvous, single_process
+from cluster.rendezvous import Rendezvous, restart_count, single_process
+from jobs import attempts
+from jobs.signals import StopSignals
 from trainer_core.checkpointing import AtomicCheckpoint, CheckpointError, CheckpointMeta, CheckpointStore
 from trainer_core.checkpointing import write_text_atomic
+from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
 from trainer_core.strategies import build_placement
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Outcome:
+    metrics: dict[str, float]
+    # 0, or cluster.requeue.EXIT_RESUMABLE when a stop could not requeue the job
+    exit_code: int
+    # set when training stopped early on a signal (preemption, time limit) after saving a checkpoint
+    stop: Optional[StopOutcome]
+
+
 def train(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None) -> dict[str, float]:
     """Train as configured; returns the final logged metrics (validation BLEU or perplexity, losses)."""
+    return fit(cfg, rendezvous).metrics
+
+
+def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optional[StopSignals] = None) -> Outcome:
+    """Set up, resume from the run's latest checkpoint if it has one, fit until done or asked to stop.
+
+    `signals` is the rank's stop-signal record when the rank installed it at start-up (jobs/rank.py)."""
     from trainer_core.data.datamodule import build_datamodule
     from trainer_core.data.loading import load_raw
     from trainer_core.data.tokenizer import load_tokenizer
@@ -51,16 +70,65 @@ def train(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None) -> dict[str,
     meta = CheckpointMeta(
         step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size, model=_model_signature(model)
     )
-    ckpt_path = _resume_path(store, meta)
-    trainer = build_trainer(cfg, rendezvous, run_dir, store, meta)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    resume_from = _resume_from(store, meta)
+    trainer, stopper = build_trainer(cfg, rendezvous, run_dir, store, meta, signals)
+    if rendezvous.rank == 0:
+        attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
+                        restart_count=restart_count(os.environ),
+                        resumed_from_step=resume_from[1] if resume_from else None)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["global_step"] = float(trainer.global_step)
     _write_rank_report(run_dir, rendezvous, metrics, model)
+    stop = stopper.outcome
     if trainer.is_global_zero:
-        write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
-    return metrics
+        if stop is None:
+            write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
+        attempts.append(run_dir, "end", status="stopped" if stop else "completed", step=trainer.global_step)
+    return Outcome(metrics, stop.exit_code if stop else 0, stop)
+
+
+def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
+                  meta: CheckpointMeta, signals: Optional[StopSignals] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
+    t = cfg.trainer
+    placement = build_placement(cfg, rendezvous)
+    checkpoint = AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last,
+                                  t.checkpoint.save_at_end)
+    stopper = StopAtStepBoundary(cfg, str(run_dir), checkpoint, backend=_backend(), signals=signals)
+    trainer = pl.Trainer(
+        accelerator=placement.accelerator,
+        devices=placement.devices,
+        num_nodes=placement.num_nodes,
+        strategy=placement.strategy,
+        precision=placement.precision,
+        plugins=list(placement.plugins) or None,
+        max_steps=t.max_steps,
+        max_epochs=-1,  # the schedule is defined in steps (see trainer_core/optim.py)
+        val_check_interval=t.val_check_interval,
+        check_val_every_n_epoch=None,  # val_check_interval counts steps across epochs
+        limit_val_batches=t.limit_val_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        deterministic=t.deterministic,
+        logger=_logger(t.logger, run_dir),
+        callbacks=[checkpoint, stopper, RNGStates()],
+        enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
+        enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
+        enable_model_summary=rendezvous.rank == 0,
+        # The datamodule's stateful sampler shards the data and saves its position and epoch in checkpoints;
+        # Lightning's fit loop calls its set_epoch at every epoch start.
+        use_distributed_sampler=False,
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+    )
+    return trainer, stopper
+
+
+def _backend() -> str:
+    """Who started this rank: zerorun's local backend says so; otherwise a Slurm job id means Slurm."""
+    return os.environ.get("ZERORUN_BACKEND") or ("slurm" if "SLURM_JOB_ID" in os.environ else "local")
 
 
 def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str, float], model: torch.nn.Module) -> None:
@@ -81,42 +149,6 @@ def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str,
     write_text_atomic(out / f"rank-{rendezvous.rank}.json", json.dumps(report, indent=1, sort_keys=True))
 
 
-def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
-                  meta: CheckpointMeta) -> pl.Trainer:
-    t = cfg.trainer
-    placement = build_placement(cfg, rendezvous)
-    callbacks: list[pl.Callback] = [
-        AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last, t.checkpoint.save_at_end),
-    ]
-    return pl.Trainer(
-        accelerator=placement.accelerator,
-        devices=placement.devices,
-        num_nodes=placement.num_nodes,
-        strategy=placement.strategy,
-        precision=placement.precision,
-        plugins=list(placement.plugins) or None,
-        max_steps=t.max_steps,
-        max_epochs=-1,  # the schedule is defined in steps (see trainer_core/optim.py)
-        val_check_interval=t.val_check_interval,
-        check_val_every_n_epoch=None,  # val_check_interval counts steps across epochs
-        limit_val_batches=t.limit_val_batches,
-        log_every_n_steps=t.log_every_n_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
-        gradient_clip_val=t.gradient_clip_val,
-        deterministic=t.deterministic,
-        logger=_logger(t.logger, run_dir),
-        callbacks=callbacks,
-        enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
-        enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
-        enable_model_summary=rendezvous.rank == 0,
-        # The datamodule's stateful sampler shards the data and saves its position and epoch in checkpoints;
-        # Lightning's fit loop calls its set_epoch at every epoch start.
-        use_distributed_sampler=False,
-        default_root_dir=str(run_dir),
-        num_sanity_val_steps=0,
-    )
-
-
 def _logger(kind: str, run_dir: Path) -> Any:
     # A fixed name and version: every attempt of a run (requeue, resume) writes to the same logger run.
     if kind == "csv":
@@ -133,7 +165,8 @@ def _model_signature(model: torch.nn.Module) -> str:
     return f"{type(model).__name__}/{n}"
 
 
-def _resume_path(store: CheckpointStore, meta: CheckpointMeta) -> Optional[str]:
+def _resume_from(store: CheckpointStore, meta: CheckpointMeta) -> Optional[tuple[Path, int]]:
+    """The run's latest checkpoint file and its step, checked against this run; None for a fresh start."""
     latest = store.latest()
     if latest is None:
         return None
@@ -142,7 +175,7 @@ def _resume_path(store: CheckpointStore, meta: CheckpointMeta) -> Optional[str]:
     if why:
         raise CheckpointError(f"cannot resume from {latest}: {why}")
     log.info("zerorun: resuming from %s (step %d)", latest, found.step)
-    return str(latest / "ckpt")
+    return latest / "ckpt", found.step
 
 
 def _free_port() -> int:
