@@ -1,0 +1,47 @@
+"""The same training on CUDA with Lightning's stock DeepSpeedStrategy (and DDP). Skipped without CUDA."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import only_run_dir, read_csv_metric, read_rank_reports, shrink
+from jobs.app import launch
+from trainer_core.checkpointing import CheckpointStore
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: no GPU on this machine"),
+]
+
+
+@pytest.mark.parametrize("trainer", ["ddp", "deepspeed", "deepspeed_offload"])
+def test_train_and_resume_on_gpus(compose, tmp_path, trainer):
+    gpus = min(2, torch.cuda.device_count())
+    cfg = compose(f"trainer={trainer}", f"cluster.gpus_per_node={gpus}", f"cluster.tasks_per_node={gpus}",
+                  *shrink())
+    assert launch(cfg) == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    losses = [v for _, v in read_csv_metric(run_dir, "train_loss")]
+    assert all(math.isfinite(v) for v in losses) and sum(losses[-2:]) < sum(losses[:2])
+    reports = read_rank_reports(run_dir)
+    assert len({r["weights_sha256"] for r in reports}) == 1
+    assert CheckpointStore(run_dir).latest() is not None
+    assert launch(compose(f"resume={run_dir}", "trainer.max_steps=40"),
+                  overrides=[f"resume={run_dir}", "trainer.max_steps=40"]) == 0
+
+
+def test_stock_deepspeed_strategy_and_bf16_on_cuda(compose):
+    from pytorch_lightning.strategies import DeepSpeedStrategy
+
+    from cluster.rendezvous import single_process
+    from trainer_core.strategies import CPURehearsalDeepSpeedStrategy, build_placement
+
+    placement = build_placement(compose("trainer=deepspeed", "cluster.gpus_per_node=1"), single_process(29500))
+    assert type(placement.strategy) is DeepSpeedStrategy
+    assert not isinstance(placement.strategy, CPURehearsalDeepSpeedStrategy)
+    assert placement.precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
+    zero = placement.strategy.config["zero_optimization"]
+    assert zero["reduce_bucket_size"] == 200_000_000
