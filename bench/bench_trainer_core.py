@@ -123,15 +123,24 @@ def overhead(steps: int) -> None:
 
 
 def default_run() -> None:
-    with tempfile.TemporaryDirectory() as runs:
-        env = {**os.environ, "ZERORUN_RUNS": runs}
+    """`python train.py` as a user runs it, with a fresh data/tokenizer cache; then the same model after a single
+    step of a near-zero warm-up learning rate, for the untrained BLEU."""
+    with tempfile.TemporaryDirectory() as runs, tempfile.TemporaryDirectory() as cache:
+        env = {**os.environ, "ZERORUN_RUNS": runs, "ZERORUN_CACHE": cache}
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, "train.py"], cwd=REPO, env=env, capture_output=True, text=True)
         wall = time.perf_counter() - t0
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        tail = [line for line in proc.stdout.splitlines() if line.startswith("zerorun: done")]
         print(f"python train.py: exit {proc.returncode}, wall {wall:.1f} s, peak RSS of any process {peak_mb:.0f} MB")
-        print(tail[-1] if tail else proc.stderr[-2000:])
+        print(_done_line(proc))
+        untrained = subprocess.run([sys.executable, "train.py", "trainer.max_steps=1", "trainer.val_check_interval=1"],
+                                   cwd=REPO, env=env, capture_output=True, text=True)
+        print("untrained (1 step at warm-up lr):", _done_line(untrained))
+
+
+def _done_line(proc: subprocess.CompletedProcess) -> str:
+    done = [line for line in proc.stdout.splitlines() if line.startswith("zerorun: done")]
+    return done[-1] if done else proc.stderr[-2000:]
 
 
 def import_time() -> None:
