@@ -38,19 +38,33 @@ def _offline_and_isolated(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["ZERORUN_CACHE"] = str(tmp_path_factory.mktemp("zerorun-cache"))
 
 
-@pytest.fixture
-def compose(tmp_path: Path) -> Callable[..., "DictConfig"]:  # noqa: F821
-    """compose(*overrides) -> the app's config, as `python train.py OVERRIDES` would see it, runs in tmp_path."""
+def compose_config(*overrides: str):
+    """The app's config, as `python train.py OVERRIDES` would see it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
 
     from configs.schema import register
 
     register()
+    with initialize_config_module("configs", version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def data_and_tokenizer(cfg):  # type: ignore[no-untyped-def]
+    """The raw data set and the tokenizer a run of `cfg` would build (made offline, cached)."""
+    from trainer_core.data.loading import load_raw
+    from trainer_core.data.tokenizer import load_tokenizer
+
+    raw = load_raw(cfg.dataset)
+    return raw, load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
+
+
+@pytest.fixture
+def compose(tmp_path: Path) -> Callable[..., "DictConfig"]:  # noqa: F821
+    """compose(*overrides) -> the app's config with its runs folder in tmp_path."""
 
     def _compose(*overrides: str, runs_dir: Path = tmp_path / "runs"):
-        with initialize_config_module("configs", version_base="1.3"):
-            return hydra_compose("config", overrides=[f"cluster.runs_dir={runs_dir}", *overrides])
+        return compose_config(f"cluster.runs_dir={runs_dir}", *overrides)
 
     return _compose
 

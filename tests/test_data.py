@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 
-from configs.schema import register
+from conftest import compose_config, data_and_tokenizer
 from trainer_core.data import synthetic
 from trainer_core.data.datamodule import build_datamodule
 from trainer_core.data.loading import load_raw
@@ -20,16 +19,12 @@ SMALL = ["dataset.synthetic_train_size=300", "dataset.synthetic_val_size=40", "d
 
 
 def compose_cfg(tmp_path: Path, *overrides: str):
-    register()
-    with initialize_config_module("configs", version_base="1.3"):
-        return compose("config", overrides=[f"dataset.cache_dir={tmp_path}", *overrides])
+    return compose_config(f"dataset.cache_dir={tmp_path}", *overrides)
 
 
 def build(tmp_path: Path, *overrides: str):
     cfg = compose_cfg(tmp_path, *overrides)
-    raw = load_raw(cfg.dataset)
-    tokenizer = load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
-    return cfg, raw, tokenizer
+    return (cfg, *data_and_tokenizer(cfg))
 
 
 def write_wmt16(path: Path, pairs) -> None:

@@ -7,12 +7,9 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_module
 
-from configs.schema import register
+from conftest import compose_config, data_and_tokenizer
 from trainer_core.data.datamodule import build_datamodule
-from trainer_core.data.loading import load_raw
-from trainer_core.data.tokenizer import load_tokenizer
 from trainer_core.models import build_model
 from trainer_core.optim import build_optimizer, build_scheduler, param_groups
 from trainer_core.tasks import TranslationTask, build_task
@@ -30,15 +27,12 @@ LANGUAGE_MODELING = ["task=nlp/language_modeling", "dataset.block_size=32", *SMA
 
 
 def compose_cfg(tmp_path: Path, *overrides: str):
-    register()
-    with initialize_config_module("configs", version_base="1.3"):
-        return compose("config", overrides=[f"dataset.cache_dir={tmp_path}", *overrides])
+    return compose_config(f"dataset.cache_dir={tmp_path}", *overrides)
 
 
-def data_and_tokenizer(tmp_path: Path, *overrides: str):
+def built_data(tmp_path: Path, *overrides: str):
     cfg = compose_cfg(tmp_path, *overrides)
-    raw = load_raw(cfg.dataset)
-    return cfg, raw, load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
+    return (cfg, *data_and_tokenizer(cfg))
 
 
 def cpu_trainer(**kwargs) -> pl.Trainer:
@@ -59,7 +53,7 @@ def cpu_trainer(**kwargs) -> pl.Trainer:
 
 
 def test_tiny_t5_is_built_from_config_with_the_tokenizers_ids(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION)
+    cfg, _, tokenizer = built_data(tmp_path, *TRANSLATION)
     model = build_model(cfg.backbone, cfg.task.name, tokenizer)
     assert type(model).__name__ == "T5ForConditionalGeneration"
     assert model.config.d_model == cfg.backbone.model_config.d_model
@@ -69,7 +63,7 @@ def test_tiny_t5_is_built_from_config_with_the_tokenizers_ids(tmp_path):
 
 
 def test_tiny_gpt2_is_built_from_config_with_the_tokenizers_ids(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *LANGUAGE_MODELING)
+    cfg, _, tokenizer = built_data(tmp_path, *LANGUAGE_MODELING)
     model = build_model(cfg.backbone, cfg.task.name, tokenizer)
     assert type(model).__name__ == "GPT2LMHeadModel"
     assert model.config.n_embd == cfg.backbone.model_config.n_embd
@@ -78,7 +72,7 @@ def test_tiny_gpt2_is_built_from_config_with_the_tokenizers_ids(tmp_path):
 
 
 def test_pretrained_path_loads_offline(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION)
+    cfg, _, tokenizer = built_data(tmp_path, *TRANSLATION)
     build_model(cfg.backbone, cfg.task.name, tokenizer).save_pretrained(tmp_path / "t5")
     cfg.backbone.pretrained_model_name_or_path = str(tmp_path / "t5")
     model = build_model(cfg.backbone, cfg.task.name, tokenizer)
@@ -86,19 +80,19 @@ def test_pretrained_path_loads_offline(tmp_path):
 
 
 def test_decoder_only_backbone_for_translation_names_the_fix(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION, "backbone=nlp/causal/tiny")
+    cfg, _, tokenizer = built_data(tmp_path, *TRANSLATION, "backbone=nlp/causal/tiny")
     with pytest.raises(ValueError, match="needs an encoder-decoder model.*backbone.model_type one of t5"):
         build_model(cfg.backbone, cfg.task.name, tokenizer)
 
 
 def test_encoder_decoder_backbone_for_language_modeling_names_the_fix(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *LANGUAGE_MODELING, "backbone=nlp/seq2seq/tiny")
+    cfg, _, tokenizer = built_data(tmp_path, *LANGUAGE_MODELING, "backbone=nlp/seq2seq/tiny")
     with pytest.raises(ValueError, match="needs a decoder-only.*backbone.pretrained_model_name_or_path"):
         build_model(cfg.backbone, cfg.task.name, tokenizer)
 
 
 def test_pretrained_model_of_the_wrong_family_names_its_path(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *LANGUAGE_MODELING)
+    cfg, _, tokenizer = built_data(tmp_path, *LANGUAGE_MODELING)
     build_model(cfg.backbone, cfg.task.name, tokenizer).save_pretrained(tmp_path / "gpt2")
     cfg = compose_cfg(tmp_path, *TRANSLATION, f"backbone.pretrained_model_name_or_path={tmp_path}/gpt2")
     with pytest.raises(ValueError, match=f"pretrained_model_name_or_path={tmp_path}/gpt2 is a decoder-only 'gpt2'"):
@@ -106,26 +100,26 @@ def test_pretrained_model_of_the_wrong_family_names_its_path(tmp_path):
 
 
 def test_tokenizer_larger_than_the_embedding_names_the_fix(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION, "+backbone.model_config.vocab_size=100")
+    cfg, _, tokenizer = built_data(tmp_path, *TRANSLATION, "+backbone.model_config.vocab_size=100")
     with pytest.raises(ValueError, match=f"{len(tokenizer)} tokens.*100 rows.*backbone.tokenizer.name_or_path"):
         build_model(cfg.backbone, cfg.task.name, tokenizer)
 
 
 def test_seq2seq_tokenizer_without_pad_token_names_the_fix(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION)
+    cfg, _, tokenizer = built_data(tmp_path, *TRANSLATION)
     tokenizer.pad_token = None
     with pytest.raises(ValueError, match="no pad token.*backbone.tokenizer.name_or_path"):
         build_model(cfg.backbone, cfg.task.name, tokenizer)
 
 
 def test_unknown_model_type_names_the_key(tmp_path):
-    cfg, _, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION, "backbone.model_type=t6")
+    cfg, _, tokenizer = built_data(tmp_path, *TRANSLATION, "backbone.model_type=t6")
     with pytest.raises(ValueError, match="backbone.model_type 't6' is not a transformers model type"):
         build_model(cfg.backbone, cfg.task.name, tokenizer)
 
 
 def test_block_longer_than_the_models_positions_names_the_fix(tmp_path):
-    cfg, raw, tokenizer = data_and_tokenizer(tmp_path, *LANGUAGE_MODELING, "backbone.model_config.n_positions=16")
+    cfg, raw, tokenizer = built_data(tmp_path, *LANGUAGE_MODELING, "backbone.model_config.n_positions=16")
     model = build_model(cfg.backbone, cfg.task.name, tokenizer)
     with pytest.raises(ValueError, match="dataset.block_size=32 is longer than the model's 16 positions"):
         build_task(cfg, model, tokenizer, build_datamodule(cfg, tokenizer, raw))
@@ -224,7 +218,7 @@ class _TrainLosses(pl.Callback):
 
 
 def _train_briefly(tmp_path: Path, overrides, steps: int = 40):
-    cfg, raw, tokenizer = data_and_tokenizer(tmp_path, *overrides, f"trainer.max_steps={steps}", "optimizer.lr=3e-3")
+    cfg, raw, tokenizer = built_data(tmp_path, *overrides, f"trainer.max_steps={steps}", "optimizer.lr=3e-3")
     pl.seed_everything(0)
     model = build_model(cfg.backbone, cfg.task.name, tokenizer)
     datamodule = build_datamodule(cfg, tokenizer, raw)
@@ -258,7 +252,7 @@ def test_language_modeling_training_lowers_the_loss_and_perplexity(tmp_path):
 
 
 def test_bleu_through_the_tasks_scoring_is_100_for_references_and_0_for_garbage(tmp_path):
-    cfg, raw, tokenizer = data_and_tokenizer(tmp_path, *TRANSLATION)
+    cfg, raw, tokenizer = built_data(tmp_path, *TRANSLATION)
     datamodule = build_datamodule(cfg, tokenizer, raw)
     task = build_task(cfg, build_model(cfg.backbone, cfg.task.name, tokenizer), tokenizer, datamodule)
     assert isinstance(task, TranslationTask)
