@@ -1,68 +1,103 @@
-"""Requeue: should this job go back in the queue, and why not; and the one `scontrol requeue` call.
+"""Requeue: should this job go back in the queue, and why not; and the `scontrol` calls that act on it.
 
 The decision is a pure function of what happened (the cause of the stop, how many times the run was already
-requeued for it, whether a checkpoint was written); the side effect is one small function. A rank never
-decides with Slurm state it cannot see: the cause comes from the signal and the job's own clock.
+requeued for it, whether a checkpoint was written); the side effects are two small functions (read the job's
+clock, requeue the job). A rank never decides with Slurm state it cannot see: the cause comes from the signal
+and the job's own record.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from cluster.rendezvous import SLURM_ENV
 
-# Exit status of a rank that checkpointed but could not requeue (no scontrol on the node, or it failed):
-# the run is resumable by hand (`zerorun resubmit` / resume=RUN_DIR). 75 is EX_TEMPFAIL.
+# Exit status of a rank 0 that checkpointed and stopped before the end without requeueing the job (no scontrol
+# on the node, scontrol failed, or the requeue limit is used up): the run is resumable by hand with
+# resume=RUN_DIR. 75 is EX_TEMPFAIL.
 EXIT_RESUMABLE = 75
 
-# A signal this many seconds (or more) before the planned time-limit signal is not the time limit.
-TIMEOUT_TOLERANCE_S = 30
+# A signal this many seconds (or fewer) before the planned time-limit signal is the time limit. Slurm checks
+# its timers coarsely ("the signal may be sent up to 60 seconds earlier than specified", sbatch(1)).
+TIMEOUT_TOLERANCE_S = 90
+
+# Where a stop came from.
+CAUSES = ("preemption", "timeout", "terminated")
 
 
 @dataclass(frozen=True)
 class Decision:
     requeue: bool
     reason: str
+    # the exit status of rank 0: 0 when the job is requeued (or the run was local), EXIT_RESUMABLE otherwise
+    exit_code: int
 
 
-def stop_cause(signal_name: str, configured_signal: str, now: float, job_end_time: Optional[float],
+@dataclass(frozen=True)
+class JobClock:
+    """What Slurm's record of the running job says about its end, as epoch seconds (None where unset)."""
+
+    end_time: Optional[float]
+    # set by Slurm when a higher-priority job preempts this one (the job's signal comes then, its grace starts)
+    preempt_time: Optional[float]
+
+
+def stop_cause(signal_name: str, configured_signal: str, now: float, clock: Optional[JobClock],
                signal_delay_s: int) -> str:
-    """Why a stop was asked for: "timeout" (the job's own signal, near its end time), "preemption" (the job's
-    own signal well before it: Slurm sends it when a higher-priority job takes the nodes), or "terminated"
-    (SIGTERM without warning: scancel, or the end of a grace period)."""
+    """Why a stop was asked for.
+
+    - "preemption": Slurm's record shows a preempt time (whichever signal came first: the job's own with
+      preempt_send_user_signal, else SIGTERM at the start of the grace time); also the job's own signal well
+      before its end with no preempt time (someone asked the job to yield: `scancel --signal`).
+    - "timeout": the job's own signal near its end time, or with no clock to read (the cautious reading: it
+      counts against requeue.max_timeouts).
+    - "terminated": SIGTERM or SIGINT without preemption: scancel, the end of a grace period, Ctrl-C.
+    """
+    if clock is not None and clock.preempt_time is not None:
+        return "preemption"
     if signal_name != configured_signal:
         return "terminated"
-    if job_end_time is None:
-        return "timeout"  # no clock to tell: the cautious reading (it is counted against the timeout limit)
-    remaining = job_end_time - now
+    if clock is None or clock.end_time is None:
+        return "timeout"
+    remaining = clock.end_time - now
     return "timeout" if remaining <= signal_delay_s + TIMEOUT_TOLERANCE_S else "preemption"
 
 
 def decide(cause: str, *, backend: str, checkpointed: bool, timeouts_so_far: int, max_timeouts: int,
            preemptions_so_far: int, max_preemptions: Optional[int]) -> Decision:
     """Requeue, or why not."""
+    if cause not in CAUSES:
+        raise ValueError(f"unknown stop cause {cause!r}; one of {', '.join(CAUSES)}")
     if backend != "slurm":
-        return Decision(False, f"{backend} run: nothing to requeue; continue it with resume=RUN_DIR")
+        return Decision(False, f"{backend} run: nothing to requeue; continue it with resume=RUN_DIR", 0)
     if not checkpointed:
-        return Decision(False, "no checkpoint was written, a rerun would start over; not requeued")
+        return Decision(False, "no checkpoint was written, a rerun would start over; not requeued", 1)
     if cause == "terminated":
-        return Decision(False, "terminated (scancel or the end of a grace period): not requeued")
+        return Decision(False, "terminated (scancel or the end of a grace period): not requeued; "
+                               "resumable with resume=RUN_DIR", EXIT_RESUMABLE)
     if cause == "timeout":
         if timeouts_so_far >= max_timeouts:
             return Decision(
                 False,
                 f"time limit reached {timeouts_so_far + 1} times; requeue.max_timeouts={max_timeouts} is used up "
-                "(raise it, or cluster.time_min, and resubmit)",
+                "(raise it, or cluster.time_min, and resubmit with resume=RUN_DIR)",
+                EXIT_RESUMABLE,
             )
-        return Decision(True, f"time limit: requeue {timeouts_so_far + 1} of {max_timeouts}")
-    if cause == "preemption":
-        if max_preemptions is not None and preemptions_so_far >= max_preemptions:
-            return Decision(False, f"preempted {preemptions_so_far + 1} times; requeue.max_preemptions={max_preemptions}")
-        return Decision(True, f"preempted: requeue {preemptions_so_far + 1}")
-    raise ValueError(f"unknown stop cause {cause!r}")
+        return Decision(True, f"time limit: requeue {timeouts_so_far + 1} of {max_timeouts}", 0)
+    if max_preemptions is not None and preemptions_so_far >= max_preemptions:
+        return Decision(
+            False,
+            f"preempted {preemptions_so_far + 1} times; requeue.max_preemptions={max_preemptions} is used up "
+            "(resubmit with resume=RUN_DIR)",
+            EXIT_RESUMABLE,
+        )
+    limit = f" of {max_preemptions}" if max_preemptions is not None else ""
+    return Decision(True, f"preempted: requeue {preemptions_so_far + 1}{limit}", 0)
 
 
 def job_to_requeue(environ: Mapping[str, str]) -> str:
@@ -73,12 +108,44 @@ def job_to_requeue(environ: Mapping[str, str]) -> str:
     return environ[SLURM_ENV["job_id"]]
 
 
+_FIELD = re.compile(r"(?:^|\s)(EndTime|PreemptTime)=(\S+)")
+
+
+def parse_job_clock(scontrol_show_job: str) -> JobClock:
+    """The clock fields of `scontrol show job -o JOB` (times in the controller's local time zone)."""
+    fields = dict(_FIELD.findall(scontrol_show_job))
+
+    def seconds(value: Optional[str]) -> Optional[float]:
+        if not value or value in ("None", "Unknown", "N/A"):
+            return None
+        return float(time.mktime(time.strptime(value, "%Y-%m-%dT%H:%M:%S")))
+
+    return JobClock(seconds(fields.get("EndTime")), seconds(fields.get("PreemptTime")))
+
+
+def job_clock(job: str, timeout_s: float = 10) -> Optional[JobClock]:
+    """Ask Slurm for the job's clock; None where scontrol is missing or does not answer."""
+    scontrol = shutil.which("scontrol")
+    if scontrol is None:
+        return None
+    try:
+        proc = subprocess.run([scontrol, "show", "job", "-o", job], capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return None
+    return parse_job_clock(proc.stdout) if proc.returncode == 0 else None
+
+
 def scontrol_requeue(job: str) -> tuple[bool, str]:
     """Requeue one job with scontrol. Returns (ok, what happened)."""
     scontrol = shutil.which("scontrol")
     if scontrol is None:
         return False, "scontrol is not on this node's PATH"
-    proc = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+    try:
+        proc = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        return False, f"scontrol requeue {job} did not answer in 60 s"
     if proc.returncode != 0:
         return False, f"scontrol requeue {job} failed ({proc.returncode}): {proc.stderr.strip()}"
     return True, f"requeued {job}"
+

@@ -14,6 +14,9 @@ ZERO_STAGES = (2,)
 LOGGERS = ("tensorboard", "csv")
 BACKENDS = ("local", "slurm")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
+# signals Slurm may send as the job's own (--signal); zerorun records it and TERM/INT (jobs/signals.py). Not HUP:
+# ninja resets it to the default for the compilers it starts, so it would kill an op build at start-up.
+JOB_SIGNALS = ("USR2", "URG", "ALRM", "PWR", "XCPU", "VTALRM")
 
 
 class ConfigError(ValueError):
@@ -79,6 +82,12 @@ def config_problems(cfg: Any) -> list[str]:
         p.append(f"trainer.max_steps={t.max_steps}: training is defined in optimizer steps; set it to at least 1")
     if c.time_min < 1:
         p.append(f"cluster.time_min={c.time_min}: the time limit must be at least 1 minute")
+    signal_name = str(c.signal).upper().removeprefix("SIG")
+    if signal_name not in JOB_SIGNALS:
+        p.append(
+            f"cluster.signal={c.signal!r} cannot be the job's stop signal; choose one of: {', '.join(JOB_SIGNALS)} "
+            "(not USR1, which Lightning and other tools claim; TERM and INT are handled already)"
+        )
     if c.signal_delay_s >= c.time_min * 60:
         p.append(
             f"cluster.signal_delay_s({c.signal_delay_s}) is not shorter than the time limit "

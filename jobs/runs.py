@@ -61,4 +61,35 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
         OmegaConf.update(cfg, key, o.value(), merge=False)
     cfg.run_dir = run_dir
     cfg.resume = run_dir
+    check_resumable(cfg)
     return cfg
+
+
+def model_config(cfg: Any) -> dict[str, Any]:
+    """What configures the model a checkpoint holds: the task and the backbone group (a resume compares it)."""
+    backbone = cfg.backbone
+    if isinstance(backbone, DictConfig):
+        backbone = OmegaConf.to_container(backbone, resolve=True)
+    return {"task": str(cfg.task.name), "backbone": backbone}
+
+
+def check_resumable(cfg: DictConfig) -> None:
+    """Refuse resume=RUN_DIR before anything is written when the folder holds no checkpoint this config can
+    load: none at all, a `latest` that names no complete checkpoint, or one written for another model,
+    strategy or number of ZeRO ranks. The message names what was found."""
+    from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore
+
+    store = CheckpointStore(cfg.run_dir)
+    latest = store.latest()  # CheckpointError names a corrupt pointer
+    if latest is None:
+        raise CheckpointError(
+            f"resume={cfg.run_dir}: the run has no checkpoint to resume from ({store.describe()}); "
+            "start a new run instead (without resume=), or set trainer.checkpoint.every_n_steps next time"
+        )
+    found = store.read_meta(latest)
+    this_run = CheckpointMeta(step=found.step, strategy=str(cfg.trainer.strategy.name),
+                              world_size=int(cfg.cluster.nodes) * int(cfg.cluster.tasks_per_node), model="",
+                              model_config=model_config(cfg))
+    why = found.mismatch(this_run)
+    if why:
+        raise CheckpointError(f"resume={cfg.run_dir}: cannot resume from {latest} (step {found.step}): {why}")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from cluster import render
-from jobs import snapshot
+from jobs import attempts, snapshot
 
 FOLLOW_POLL_S = 0.5
 STATE_POLL_S = 2.0
@@ -155,19 +155,52 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         state = st.state if st else {"local": "LOCAL", "dry-run": "DRY RUN"}.get(t.kind, "UNKNOWN")
         if t.kind == "local" and t.run_dir and (t.run_dir / "metrics.json").exists():
             state = "LOCAL DONE"
+        events = attempts.read(t.run_dir) if t.run_dir else []
         detail = ""
         if st and st.state in ("PENDING", "REQUEUED", "UNKNOWN"):
             detail = st.reason
-        if t.run_dir and (not st or st.finished or st.state == "COMPLETING") and state != "COMPLETED":
+        resumable = attempts.resumable(events)
+        if resumable and (not st or st.finished):
+            # the run checkpointed and stopped without a requeue: not a failure, a run waiting for resume=
+            state, detail = "RESUMABLE", f"{resumable}; continue with resume={t.run_dir}"
+        elif t.run_dir and (not st or st.finished or st.state == "COMPLETING") and state != "COMPLETED":
             failed = failing_rank(t.run_dir, t.job_id)
             if failed:
                 detail = f"rank {failed[0]} failed: {failed[1]}"
         if not detail and st and st.finished and st.exit_code not in ("", "0:0"):
             detail = f"exit {st.exit_code}"
-        rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "", detail,
-                     str(t.run_dir) if t.run_dir else "(run folder not found)"])
-    _print_table(("JOB", "STATE", "NODESxTASKS", "ELAPSED", "DETAIL", "RUN FOLDER"), rows, out)
+        rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "",
+                     _attempts_cell(events), detail, str(t.run_dir) if t.run_dir else "(run folder not found)"])
+    _print_table(("JOB", "STATE", "NODESxTASKS", "ELAPSED", "ATTEMPTS", "DETAIL", "RUN FOLDER"), rows, out)
+    if args.target and targets[0].run_dir:
+        runs = attempts.attempts(attempts.read(targets[0].run_dir))
+        if runs:
+            out.write("\n")
+            _print_table(("ATTEMPT", "JOB", "RESUMED FROM", "SIGNAL", "CHECKPOINT", "OUTCOME"),
+                         [_attempt_row(a) for a in runs], out)
     return 0
+
+
+def _attempts_cell(events: list[dict]) -> str:
+    """How many attempts the run had and the step each later one resumed from: "3 (from 25, 96)"."""
+    runs = attempts.attempts(events)
+    if not runs:
+        return ""
+    resumed = [str(a.resumed_from_step) for a in runs if a.resumed_from_step is not None]
+    return f"{len(runs)}" + (f" (from {', '.join(resumed)})" if resumed else "")
+
+
+def _attempt_row(a: attempts.Attempt) -> list[str]:
+    if a.requeued:
+        outcome = f"requeued: {a.requeue}"
+    elif a.requeue:
+        outcome = f"stopped: {a.requeue}"
+    elif a.end:
+        outcome = f"{a.end} at step {a.end_step}"
+    else:
+        outcome = "running, or ended without a record (killed)"
+    return [str(a.number), a.job_id, "-" if a.resumed_from_step is None else str(a.resumed_from_step),
+            ", ".join(a.signals) or "-", "-" if a.checkpoint_step is None else str(a.checkpoint_step), outcome]
 
 
 def _log_path(t: Target, run_dir: Path, rank: Optional[int], batch: bool) -> tuple[Path, str]:

@@ -1,163 +1,125 @@
-"""Checkpoints that are either whole or absent.
-
-Layout inside a run folder:
-
-    checkpoints/
-      step-00000040/ckpt        a file (ddp, single device) or a folder of shards (DeepSpeed ZeRO)
-      step-00000040/meta.json   step, strategy, world size, model: what a resume checks before loading
-      latest                    the name of the newest complete checkpoint ("step-00000040")
-      .tmp-step-00000060/       a save in progress; never pointed at, removed on the next start
-
-Every rank writes into the temporary folder (DeepSpeed writes one optimizer shard per rank), all ranks meet at a
-barrier, then rank 0 renames the folder into place and replaces ``latest`` atomically, then prunes old ones.
-A kill at any moment leaves ``latest`` naming a complete checkpoint (or no ``latest`` at all).
+"""The Lightning side of checkpoints: a callback that saves through the atomic CheckpointStore
+(trainer_core/checkpoint_store.py: layout, save protocol, resume checks) every N optimizer steps, on a stop and at
+the end, and writes the loop state so that Lightning resumes it exactly.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shutil
-from dataclasses import asdict, dataclass
+import dataclasses
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 
-STEP_DIR = re.compile(r"^step-(\d{8})$")
+from jobs import attempts
+from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, write_text_atomic
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be used for this run; the message says what was found."""
-
-
-@dataclass(frozen=True)
-class CheckpointMeta:
-    step: int
-    strategy: str
-    world_size: int
-    model: str
-
-    def mismatch(self, other: "CheckpointMeta") -> Optional[str]:
-        """Why a checkpoint written as `self` cannot resume a run configured as `other` (None if it can)."""
-        if self.model != other.model:
-            return f"it holds model {self.model!r}, this run builds {other.model!r}"
-        if (self.strategy == "deepspeed") != (other.strategy == "deepspeed"):
-            return (
-                f"it was written by strategy {self.strategy!r}, this run uses {other.strategy!r}; "
-                "resume with the trainer it was written with"
-            )
-        if self.strategy == "deepspeed" and self.world_size != other.world_size:
-            return (
-                f"its ZeRO shards are for {self.world_size} ranks, this run has {other.world_size}; "
-                "resume with the same nodes x tasks_per_node"
-            )
-        return None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-class CheckpointStore:
-    def __init__(self, run_dir: os.PathLike | str) -> None:
-        self.root = Path(run_dir) / "checkpoints"
-
-    def step_dir(self, step: int) -> Path:
-        return self.root / f"step-{step:08d}"
-
-    def tmp_dir(self, step: int) -> Path:
-        return self.root / f".tmp-step-{step:08d}"
-
-    def complete(self) -> list[Path]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p for p in self.root.iterdir() if STEP_DIR.match(p.name) and (p / "meta.json").exists())
-
-    def latest(self) -> Optional[Path]:
-        """The newest complete checkpoint folder, by the ``latest`` pointer; None when the run has none."""
-        pointer = self.root / "latest"
-        if not pointer.exists():
-            return None
-        name = pointer.read_text().strip()
-        target = self.root / name
-        if not STEP_DIR.match(name) or not (target / "meta.json").exists():
-            found = ", ".join(p.name for p in self.complete()) or "none"
-            raise CheckpointError(
-                f"{pointer} names {name!r}, which is not a complete checkpoint (complete ones: {found}); "
-                f"write the name of one of them into {pointer}, or remove it to start from scratch"
-            )
-        return target
-
-    def read_meta(self, ckpt_dir: Path) -> CheckpointMeta:
-        return CheckpointMeta(**json.loads((ckpt_dir / "meta.json").read_text()))
-
-    # -- the save protocol; the callers are all ranks, in order --------------------------------------------------
-
-    def clear_stale(self) -> None:
-        """Rank 0, before a save: remove temporary folders a killed attempt left behind."""
-        if self.root.is_dir():
-            for p in self.root.iterdir():
-                if p.name.startswith(".tmp-"):
-                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-
-    def commit(self, meta: CheckpointMeta, keep_last: int) -> Path:
-        """Rank 0, after every rank has written into tmp_dir: move it into place, point ``latest`` at it, prune."""
-        tmp, final = self.tmp_dir(meta.step), self.step_dir(meta.step)
-        write_text_atomic(tmp / "meta.json", json.dumps(asdict(meta), indent=1))
-        if final.exists():  # the same step saved twice (e.g. periodic save then end of training)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        write_text_atomic(self.root / "latest", final.name + "\n")
-        for old in self.complete()[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+__all__ = ["AtomicCheckpoint", "CheckpointError", "CheckpointMeta", "CheckpointStore", "between_epochs",
+           "on_last_batch", "write_text_atomic"]
 
 
 def on_last_batch(trainer: pl.Trainer) -> bool:
-    """Whether the batch that just ended is its epoch's last. A save then waits for on_train_epoch_end: saved
-    before the epoch is counted as processed, a resumed run would repeat the epoch's end with the next epoch's
-    data order, and the data position and epoch counter would disagree (the run would not resume exactly)."""
+    """Whether the batch that just ended is its epoch's last. A save then waits for on_train_epoch_end, where the
+    epoch is counted as processed and `between_epochs` can write it as finished (saved from on_train_batch_end,
+    the epoch is still unfinished in the loop state, and Lightning's restart path for that skips the next epoch's
+    start: its hooks and its epoch counters)."""
     return bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
 
 
+def between_epochs(checkpoint: dict[str, Any]) -> bool:
+    """Write the loop state of a checkpoint taken once an epoch's last batch is done (on_train_epoch_end, or the
+    end of training) as the state the loop reaches a moment later: the epoch counted as completed and the
+    per-epoch counters back at zero, before the next epoch starts. Returns whether it did (False mid-epoch).
+
+    Left as it is, Lightning 2.6 restarts such a checkpoint "on epoch end" (max_steps makes every resume a
+    restart) with the finished epoch's batch counters (7 of 7) carried into the next epoch, which therefore ends
+    after its first batch: the resumed run trains one batch of epoch e+1 and then moves on to epoch e+2's data,
+    while the uninterrupted run trains all of epoch e+1. Nothing else differs between the two moments (no data
+    drawn, no optimizer or scheduler step: the schedule is step-based), and from this state Lightning starts the
+    next epoch as it would without a restart: epoch start hooks, a new sampler epoch, counters from zero.
+    """
+    fit = checkpoint.get("loops", {}).get("fit_loop")
+    if not fit:
+        return False
+    batches = fit["epoch_loop.batch_progress"]
+    if not (batches.get("is_last_batch") and batches["current"]["completed"] == batches["current"]["ready"] > 0):
+        return False
+    epochs = fit["epoch_progress"]
+    for part in ("total", "current"):
+        epochs[part]["completed"] = epochs[part]["processed"]
+    checkpoint["epoch"] = epochs["current"]["completed"]
+    _zero(batches["current"])
+    batches["is_last_batch"] = False
+    _zero(fit["epoch_loop.scheduler_progress"]["current"])
+    for progress in fit["epoch_loop.automatic_optimization.optim_progress"]["optimizer"].values():
+        _zero(progress["current"])
+    # the validation batches counted within the epoch (Lightning resets them at every epoch start)
+    _zero(fit["epoch_loop.val_loop.batch_progress"]["total"])
+    return True
+
+
+def _zero(counters: dict[str, int]) -> None:
+    for key in counters:
+        counters[key] = 0
+
+
 class AtomicCheckpoint(pl.Callback):
-    """Saves through CheckpointStore every `every_n_steps` optimizer steps and at the end of training."""
+    """Saves through CheckpointStore every `every_n_steps` optimizer steps and at the end of training.
+
+    A save is a collective: every rank calls `save` at the same step. The run's logs are flushed first, so that
+    what is logged reaches at least as far as any checkpoint a later attempt resumes from. Each save is recorded
+    in the run's attempts.jsonl (step, why, seconds).
+    """
 
     def __init__(self, store: CheckpointStore, meta: CheckpointMeta, every_n_steps: int, keep_last: int,
                  save_at_end: bool) -> None:
         self.store, self.meta = store, meta
         self.every_n_steps, self.keep_last, self.save_at_end = every_n_steps, keep_last, save_at_end
-        self._last_saved_step = -1
-        self._due_at_epoch_end = False
+        # the step of the newest checkpoint on disk that this attempt knows (the one it resumed from, at first)
+        self.last_saved_step = -1
+        # why the save deferred to the epoch's end is made ("" when none is due)
+        self._due_at_epoch_end = ""
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        if self.every_n_steps and step and step % self.every_n_steps == 0 and step != self._last_saved_step:
+        # The end-of-training save happens at the last step's boundary too: on_train_end comes after Lightning
+        # has counted an epoch cut short by max_steps as completed, and a run resumed from there (a larger
+        # trainer.max_steps) would start a new epoch instead of finishing that one.
+        why = "end" if self.save_at_end and 0 < trainer.max_steps <= step else ""
+        if self.every_n_steps and step and step % self.every_n_steps == 0:
+            why = "periodic"
+        if why and step != self.last_saved_step:
             if on_last_batch(trainer):
-                self._due_at_epoch_end = True
+                self._due_at_epoch_end = why
             else:
-                self.save(trainer)
+                self.save(trainer, why)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._due_at_epoch_end:
-            self._due_at_epoch_end = False
-            self.save(trainer)
+            why, self._due_at_epoch_end = self._due_at_epoch_end, ""
+            self.save(trainer, why)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.save_at_end and trainer.global_step != self._last_saved_step:
-            self.save(trainer)
+        # training that ended before max_steps (a stop saved already; anything else that ends fit)
+        if self.save_at_end and trainer.global_step != self.last_saved_step:
+            self.save(trainer, "end")
 
-    def save(self, trainer: pl.Trainer) -> Path:
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        between_epochs(checkpoint)
+
+    def save_once(self, trainer: pl.Trainer, why: str) -> Path:
+        """Save this step unless it is saved already (a periodic save at the same step); returns its folder."""
+        if trainer.global_step == self.last_saved_step:
+            return self.store.step_dir(trainer.global_step)
+        return self.save(trainer, why)
+
+    def save(self, trainer: pl.Trainer, why: str) -> Path:
         step = trainer.global_step
         strategy = trainer.strategy
+        start = time.monotonic()
+        for logger in trainer.loggers:
+            logger.save()  # rank 0 only (Lightning's loggers write from rank 0)
         if strategy.is_global_zero:
             self.store.clear_stale()
             self.store.tmp_dir(step).mkdir(parents=True, exist_ok=True)
@@ -166,8 +128,10 @@ class AtomicCheckpoint(pl.Callback):
         strategy.barrier("zerorun_ckpt_written")
         final = self.store.step_dir(step)
         if strategy.is_global_zero:
-            meta = CheckpointMeta(step, self.meta.strategy, self.meta.world_size, self.meta.model)
-            final = self.store.commit(meta, self.keep_last)
+            final = self.store.commit(dataclasses.replace(self.meta, step=step), self.keep_last)
         strategy.barrier("zerorun_ckpt_committed")
-        self._last_saved_step = step
+        self.last_saved_step = step
+        if strategy.is_global_zero:
+            attempts.append(self.store.root.parent, "checkpoint", step=step, why=why, path=str(final),
+                            save_s=round(time.monotonic() - start, 3))
         return final

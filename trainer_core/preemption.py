@@ -1,11 +1,14 @@
 """One owner of the stop signals, a stop at a step boundary on every rank together, and exact resume state.
 
-- The handler for the job's signal (cluster.signal, USR2 by default) and SIGTERM only records that a stop was
-  asked for. It is installed when training starts, replacing whatever Lightning (or anything else) put there.
+- The handler for the job's signal (cluster.signal, USR2 by default), SIGTERM and SIGINT only records that a
+  stop was asked for (jobs/signals.py). It is installed when training starts, replacing whatever Lightning (or
+  anything else) put there, and put back at a step boundary if anything replaces it later.
 - After every optimizer step the ranks agree, with one small all-reduce, whether any of them was asked to stop,
   so all stop after the same step, save one checkpoint together, and no rank waits alone in a collective.
-  A stop on an epoch's last batch is saved at the epoch's end, so epoch counter and sampler epoch agree.
-- Then rank 0 decides (cluster.requeue.decide) and requeues the exact job, and every rank leaves `fit`.
+  A stop on an epoch's last batch is saved at the epoch's end (see checkpointing.between_epochs).
+- Rank 0 reads why (cluster.requeue.stop_cause: preemption, time limit, terminated), the ranks leave `fit`
+  without the validation Lightning would start on a stop, and once every rank is done (`finish`), rank 0
+  requeues the exact job (or says why not) as the rank's last act: Slurm ends the job's processes right after.
 - Every rank's torch, numpy and python RNG states go into the checkpoint (gathered to the rank that writes)
   and each rank gets its own back when training starts again.
 """
@@ -26,7 +29,7 @@ import torch.distributed as dist
 
 from cluster import requeue
 from jobs import attempts
-from jobs.signals import StopSignals
+from jobs.signals import OWNER, StopSignals
 from trainer_core.checkpointing import AtomicCheckpoint, on_last_batch
 
 log = logging.getLogger(__name__)
@@ -36,9 +39,11 @@ log = logging.getLogger(__name__)
 class StopOutcome:
     cause: str
     step: int
-    requeued: bool
-    reason: str
-    exit_code: int
+    # set on rank 0 when the stop was decided (the requeue itself happens in `StopAtStepBoundary.finish`)
+    decision: Optional[requeue.Decision]
+    requeued: bool = False
+    reason: str = ""
+    exit_code: int = 0
 
 
 class StopAtStepBoundary(pl.Callback):
@@ -47,14 +52,25 @@ class StopAtStepBoundary(pl.Callback):
         self.cfg, self.run_dir, self.checkpoint, self.backend = cfg, run_dir, checkpoint, backend
         self.signals = signals or StopSignals(cfg.cluster.signal)
         self.outcome: Optional[StopOutcome] = None
+        # who handled each stop signal at the first step boundary (the rank report shows it)
+        self.handlers_in_training: dict[str, str] = {}
         self._deferred_to_epoch_end = False
+        self._start_step = self._last_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Lightning registers its own handlers just before this hook; ours replace them.
         self.signals.install()
+        self._start_step = self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if not self._any_rank_asked(trainer):
+        self._keep_ownership()
+        # A step boundary is a batch after which the optimizer stepped: with gradient accumulation a stop between
+        # micro-batches would drop the gradients gathered so far. Every rank sees the same steps.
+        stepped, first = trainer.global_step != self._last_step, self._last_step == self._start_step
+        self._last_step = trainer.global_step
+        if stepped and first and trainer.is_global_zero:
+            attempts.append(self.run_dir, "first_step", step=trainer.global_step)
+        if not stepped or not self._any_rank_asked(trainer):
             return
         if on_last_batch(trainer):
             self._deferred_to_epoch_end = True
@@ -65,6 +81,16 @@ class StopAtStepBoundary(pl.Callback):
         if self._deferred_to_epoch_end and self.outcome is None:
             self._stop(trainer)
 
+    def _keep_ownership(self) -> None:
+        """The recording handler stays the one handler: anything that replaced it is replaced back."""
+        handlers = self.signals.handlers()
+        if not self.handlers_in_training:
+            self.handlers_in_training = handlers
+        foreign = {name: h for name, h in handlers.items() if h != OWNER}
+        if foreign:
+            log.warning("zerorun: stop-signal handlers replaced during training (%s); zerorun's put back", foreign)
+            self.signals.install()
+
     def _any_rank_asked(self, trainer: pl.Trainer) -> bool:
         if self.outcome is not None:
             return False
@@ -74,46 +100,63 @@ class StopAtStepBoundary(pl.Callback):
         return bool(asked.item())
 
     def _stop(self, trainer: pl.Trainer) -> None:
+        step, zero = trainer.global_step, trainer.is_global_zero
         request = self.signals.requested
-        signal_name = request.signal_name if request else "peer"  # another rank got it first
-        cause = requeue.stop_cause(
-            signal_name if request else self.signals.job_signal, self.signals.job_signal,
-            request.at if request else time.time(), _job_end_time(), self.cfg.cluster.signal_delay_s,
-        )
-        # The same cause on every rank: rank 0's reading wins.
-        cause = _broadcast_object(cause)
-        zero = trainer.is_global_zero
+        # Rank 0 reads the cause (one question to Slurm, not one per rank); every rank gets its reading.
+        cause = _broadcast_object(self._cause(request) if zero else None)
         if zero:
-            attempts.append(self.run_dir, "signal", signal=signal_name, cause=cause, step=trainer.global_step)
-        path = self.checkpoint.save(trainer)
-        if zero:
-            attempts.append(self.run_dir, "checkpoint", step=trainer.global_step, path=str(path))
-        self.outcome = self._requeue(cause, trainer.global_step) if zero else StopOutcome(cause, trainer.global_step,
-                                                                                           False, "", 0)
+            attempts.append(self.run_dir, "signal", signal=request.signal_name if request else "peer", cause=cause,
+                            step=step, at=round(request.at, 3) if request else None)
+        # Lightning validates when asked to stop (an early-stopping habit): that would delay the exit and log
+        # a result at a step the resumed run logs again.
+        trainer.limit_val_batches = 0
+        self.checkpoint.save_once(trainer, "stop")
+        self.outcome = StopOutcome(cause, step, self._decide(cause) if zero else None)
         trainer.should_stop = True
 
-    def _requeue(self, cause: str, step: int) -> StopOutcome:
+    def _cause(self, request: Any) -> str:
+        name = request.signal_name if request else self.signals.job_signal
+        if self.backend != "slurm":
+            # no Slurm clock to read: the local launcher forwards the job's signal to rehearse a preemption
+            return "preemption" if name == self.signals.job_signal else "terminated"
+        clock = requeue.job_clock(requeue.job_to_requeue(os.environ))
+        return requeue.stop_cause(name, self.signals.job_signal, request.at if request else time.time(), clock,
+                                  self.cfg.cluster.signal_delay_s)
+
+    def _decide(self, cause: str) -> requeue.Decision:
         counts = attempts.requeue_counts(attempts.read(self.run_dir))
-        decision = requeue.decide(
+        return requeue.decide(
             cause, backend=self.backend, checkpointed=True,
             timeouts_so_far=counts["timeout"], max_timeouts=self.cfg.requeue.max_timeouts,
             preemptions_so_far=counts["preemption"], max_preemptions=self.cfg.requeue.max_preemptions,
         )
-        exit_code, reason = 0, decision.reason
+
+    def finish(self) -> Optional[StopOutcome]:
+        """After `fit` and the rank's reports, on every rank: wait for all ranks, then rank 0 requeues the job or
+        records why not. Slurm signals and ends the job's processes right after a requeue, so nothing may follow
+        but the exit. Returns the stop outcome (None when training was not stopped)."""
+        out = self.outcome
+        if out is None:
+            return None
+        _barrier()
+        if out.decision is None:  # ranks other than 0
+            return out
+        decision = out.decision
+        out.requeued, out.reason, out.exit_code = decision.requeue, decision.reason, decision.exit_code
         if decision.requeue:
             ok, what = requeue.scontrol_requeue(requeue.job_to_requeue(os.environ))
             if not ok:
-                exit_code, reason = requeue.EXIT_RESUMABLE, f"{what}; the run is resumable with resume={self.run_dir}"
-        attempts.append(self.run_dir, "requeue", cause=cause, requeued=decision.requeue and exit_code == 0,
-                        reason=reason, step=step)
-        log.warning("zerorun: stopped at step %d (%s): %s", step, cause, reason)
-        print(f"zerorun: stopped at step {step} ({cause}): {reason}", flush=True)
-        return StopOutcome(cause, step, decision.requeue and exit_code == 0, reason, exit_code)
+                out.requeued, out.exit_code = False, requeue.EXIT_RESUMABLE
+                out.reason = f"{what}; the run is resumable with resume={self.run_dir}"
+        attempts.append(self.run_dir, "requeue", cause=out.cause, requeued=out.requeued, reason=out.reason,
+                        step=out.step, exit_code=out.exit_code)
+        print(f"zerorun: stopped at step {out.step} ({out.cause}): {out.reason}", flush=True)
+        return out
 
 
-def _job_end_time() -> Optional[float]:
-    value = os.environ.get("SLURM_JOB_END_TIME")
-    return float(value) if value and value.isdigit() else None
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
 
 
 def _broadcast_object(obj: Any) -> Any:

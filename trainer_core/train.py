@@ -14,7 +14,7 @@ import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -22,9 +22,11 @@ from omegaconf import DictConfig
 
 from cluster.rendezvous import Rendezvous, restart_count, single_process
 from jobs import attempts
+from jobs.runs import model_config
 from jobs.signals import StopSignals
-from trainer_core.checkpointing import AtomicCheckpoint, CheckpointError, CheckpointMeta, CheckpointStore
-from trainer_core.checkpointing import write_text_atomic
+from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, write_text_atomic
+from trainer_core.checkpointing import AtomicCheckpoint
+from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
 from trainer_core.strategies import build_placement
 
@@ -67,34 +69,47 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     task = build_task(cfg, model, tokenizer, datamodule)
 
     store = CheckpointStore(run_dir)
-    meta = CheckpointMeta(
-        step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size, model=_model_signature(model)
-    )
-    resume_from = _resume_from(store, meta)
-    trainer, stopper = build_trainer(cfg, rendezvous, run_dir, store, meta, signals)
+    meta = CheckpointMeta(step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size,
+                          model=_model_signature(model), model_config=model_config(cfg))
+    resume_from = _resume_from(store, meta, required=bool(cfg.get("resume")))
+    if rendezvous.rank == 0:
+        store.clear_stale()  # a save a killed attempt left half-written
+    trainer, stopper = build_trainer(cfg, rendezvous, run_dir, store, meta, signals,
+                                     resumed_step=resume_from[1] if resume_from else None)
     if rendezvous.rank == 0:
         attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
                         restart_count=restart_count(os.environ),
                         resumed_from_step=resume_from[1] if resume_from else None)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
+    if signals is not None:
+        # A rank (jobs/rank.py): nothing is left to stop at a step boundary; it finishes its reports and exits
+        # with its own status.
+        signals.hold()
+    else:
+        stopper.signals.restore()  # training inside another program: its handlers back
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["global_step"] = float(trainer.global_step)
-    _write_rank_report(run_dir, rendezvous, metrics, model)
-    stop = stopper.outcome
+    _write_rank_report(run_dir, rendezvous, metrics, model, stopper.handlers_in_training)
+    stopped = stopper.outcome is not None
     if trainer.is_global_zero:
-        if stop is None:
+        if not stopped:
             write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
-        attempts.append(run_dir, "end", status="stopped" if stop else "completed", step=trainer.global_step)
+        attempts.append(run_dir, "end", status="stopped" if stopped else "completed", step=trainer.global_step)
+    # the last act: a requeue makes Slurm end this job's processes
+    stop = stopper.finish()
     return Outcome(metrics, stop.exit_code if stop else 0, stop)
 
 
 def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
-                  meta: CheckpointMeta, signals: Optional[StopSignals] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
+                  meta: CheckpointMeta, signals: Optional[StopSignals] = None,
+                  resumed_step: Optional[int] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
     t = cfg.trainer
     placement = build_placement(cfg, rendezvous)
     checkpoint = AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last,
                                   t.checkpoint.save_at_end)
+    if resumed_step is not None:
+        checkpoint.last_saved_step = resumed_step  # that step is on disk, whole
     stopper = StopAtStepBoundary(cfg, str(run_dir), checkpoint, backend=_backend(), signals=signals)
     trainer = pl.Trainer(
         accelerator=placement.accelerator,
@@ -112,7 +127,8 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
-        logger=_logger(t.logger, run_dir),
+        # every attempt of a run continues the same logger run (version 0), from the step it resumes at
+        logger=build_logger(t.logger, run_dir, resumed_step),
         callbacks=[checkpoint, stopper, RNGStates()],
         enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
         enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
@@ -131,9 +147,11 @@ def _backend() -> str:
     return os.environ.get("ZERORUN_BACKEND") or ("slurm" if "SLURM_JOB_ID" in os.environ else "local")
 
 
-def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str, float], model: torch.nn.Module) -> None:
+def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str, float], model: torch.nn.Module,
+                       signal_handlers: dict[str, str]) -> None:
     """What this rank saw, for `zerorun status` and for checking ranks agree: its place in the job, its last
-    metrics and a digest of its model weights (equal on every rank after a data-parallel step)."""
+    metrics, a digest of its model weights (equal on every rank after a data-parallel step) and who handled the
+    stop signals during training (zerorun, or what replaced it)."""
     digest = hashlib.sha256()
     for name, p in sorted(model.state_dict().items()):
         digest.update(name.encode())
@@ -143,21 +161,11 @@ def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str,
         "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
         "metrics": metrics,
         "weights_sha256": digest.hexdigest(),
+        "signal_handlers": signal_handlers,
     }
     out = run_dir / "ranks"
     out.mkdir(exist_ok=True)
     write_text_atomic(out / f"rank-{rendezvous.rank}.json", json.dumps(report, indent=1, sort_keys=True))
-
-
-def _logger(kind: str, run_dir: Path) -> Any:
-    # A fixed name and version: every attempt of a run (requeue, resume) writes to the same logger run.
-    if kind == "csv":
-        from pytorch_lightning.loggers import CSVLogger
-
-        return CSVLogger(save_dir=str(run_dir), name="csv", version=0)
-    from pytorch_lightning.loggers import TensorBoardLogger
-
-    return TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=0, default_hp_metric=False)
 
 
 def _model_signature(model: torch.nn.Module) -> str:
@@ -165,10 +173,13 @@ def _model_signature(model: torch.nn.Module) -> str:
     return f"{type(model).__name__}/{n}"
 
 
-def _resume_from(store: CheckpointStore, meta: CheckpointMeta) -> Optional[tuple[Path, int]]:
-    """The run's latest checkpoint file and its step, checked against this run; None for a fresh start."""
+def _resume_from(store: CheckpointStore, meta: CheckpointMeta, required: bool) -> Optional[tuple[Path, int]]:
+    """The run's latest checkpoint file and its step, checked against this run; None for a fresh start (an error
+    where a resume was asked for: resume=RUN_DIR)."""
     latest = store.latest()
     if latest is None:
+        if required:
+            raise CheckpointError(f"resume={store.root.parent}: no checkpoint to resume from ({store.describe()})")
         return None
     found = store.read_meta(latest)
     why = found.mismatch(meta)

@@ -47,11 +47,15 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
 
 
 class EpochStatefulDistributedSampler(StatefulDistributedSampler):
-    """torchdata's sampler, whose state_dict also carries the epoch (it keeps only the position).
+    """torchdata's sampler, whose state is a position inside one epoch: the position and that epoch.
 
-    The shuffle order depends on the epoch, so a position without its epoch resumes in the wrong permutation
-    unless something calls set_epoch before the first batch; with the epoch in the state the loader alone is
-    enough.
+    - The epoch travels with the position (torchdata keeps only the position): the shuffle order depends on the
+      epoch, so a position alone would resume in the wrong permutation.
+    - A restored position belongs to its epoch and to nothing else. torchdata keeps it pending until the next
+      iteration starts, whichever epoch that is. A checkpoint taken at an epoch's end holds "epoch e, every sample
+      yielded"; the resumed run goes on with epoch e+1 (Lightning calls set_epoch(e+1)), and the pending position
+      made epoch e+1 begin at its end: it yielded nothing, and the run silently skipped a whole epoch of data.
+      So moving to another epoch drops a pending position.
     """
 
     _EPOCH = "epoch"
@@ -60,8 +64,14 @@ class EpochStatefulDistributedSampler(StatefulDistributedSampler):
         return {**super().state_dict(), self._EPOCH: self.epoch}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
+        # the epoch first: set_epoch would drop a position that belongs to another epoch
         self.set_epoch(state_dict.get(self._EPOCH, self.epoch))
+        super().load_state_dict(state_dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.next_yielded = None
+        super().set_epoch(epoch)
 
 
 class _TextDataModule(pl.LightningDataModule):
@@ -156,6 +166,11 @@ class _TextDataModule(pl.LightningDataModule):
             batch_size=self.dataset_cfg.batch_size,
             sampler=self.train_sampler,
             collate_fn=self._collate_train,
+            # Every new iterator (each epoch) draws its workers' base seed from this generator. Left out, it draws
+            # from the global torch RNG, which the model's dropout also uses: a run resumed at an epoch's end
+            # restores that RNG after its first iterator was built, the uninterrupted run draws once more at the
+            # next epoch start, and the two runs drop different units from then on.
+            generator=torch.Generator().manual_seed(self.seed),
             **self._loader_kwargs(),
         )
 
@@ -170,6 +185,8 @@ class _TextDataModule(pl.LightningDataModule):
             sampler=sampler,
             shuffle=False,
             collate_fn=self._collate_eval,
+            # as for the train loader: a validation never draws from the RNG training uses
+            generator=torch.Generator().manual_seed(self.seed),
             **self._loader_kwargs(),
         )
 
