@@ -135,6 +135,8 @@ def make_plan(
         # one thread per CPU the rank was given: more oversubscribes the node (46 vs 7 steps/s measured)
         ("OMP_NUM_THREADS", str(c.cpus_per_task)),
         ("PYTHONUNBUFFERED", "1"),
+        # read by the rank before anything else, to hold the stop signals from its first moment (jobs/rank.py)
+        ("ZERORUN_SIGNAL", str(c.signal)),
         ("ZERORUN_BACKEND", str(c.backend)),
     ]
     if c.master_port is not None:

@@ -7,6 +7,11 @@ environment read): the same plan and context give the same bytes, so scripts com
   function the ranks use, from the variables Slurm (or the local backend) will set.
 - `local_commands`: what the local backend would start.
 
+A sweep (`zerorun -m`) renders the same script as a job array (`array=ArraySpec(...)`, the `--array` line from
+submitit's own `map_count`/`array_parallelism`): every task is a whole job of the plan's geometry, the plan's
+run_dir is the sweep folder, and the entry command finds the member's own run folder from the array task id
+(jobs/rank.py). Logs of array tasks are named by array job and task (`%A_%a`), as Slurm names them.
+
 Every literal goes through cluster.quoting. The run folder's path, whatever characters it holds, never reaches
 an #SBATCH line: sbatch's directive parser cannot carry a newline, and Slurm expands `%j` even in the working
 directory it prefixes to a relative log path. So the batch script's own output is sent to /dev/null by Slurm and
@@ -29,6 +34,8 @@ LOG_DIR = "logs"
 RANK_LOG_PATTERN = "%j_%t.out"
 # The batch script's own output (setup lines, srun's report of which task failed); the script redirects it here.
 BATCH_LOG_SUFFIX = "_batch.out"
+# An array task's rank logs: %A the array job id, %a the array task id, %t the rank.
+ARRAY_RANK_LOG_PATTERN = "%A_%a_%t.out"
 
 # sbatch flags zerorun sets from cluster.* keys: cluster.sbatch_extra may not set them behind its back.
 OWNED_SBATCH_KEYS = {
@@ -40,7 +47,7 @@ OWNED_SBATCH_KEYS = {
     "signal": "cluster.signal and cluster.signal_delay_s", "requeue": "cluster.requeue",
     "no_requeue": "cluster.requeue", "export": "cluster.env_passthrough", "output": "(zerorun's log layout)",
     "error": "(zerorun's log layout)", "open_mode": "(zerorun's log layout)", "chdir": "(the run folder)",
-    "array": "(one job per run)",
+    "array": "(zerorun -m: a sweep is one job array)",
 }
 
 
@@ -51,6 +58,19 @@ class RenderContext:
     version: str
     # the command line that produced the script (argv), for the header comment
     command: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """A job array of `size` tasks (0..size-1), at most `parallelism` of them running at once."""
+
+    size: int
+    parallelism: int
+
+    @property
+    def flag(self) -> str:
+        """The value of sbatch --array, as submitit writes it."""
+        return f"0-{self.size - 1}%{min(self.size, self.parallelism)}"
 
 
 @dataclass(frozen=True)
@@ -73,14 +93,24 @@ def batch_log(job_id: str) -> str:
     return f"{LOG_DIR}/{job_id}{BATCH_LOG_SUFFIX}"
 
 
-def sbatch_argv(test_only: bool = False) -> list[str]:
-    """The sbatch call, run with the run folder as its working directory."""
-    return ["sbatch", "--test-only" if test_only else "--parsable", SCRIPT_NAME]
+def array_rank_log(array_job_id: str, task_id: int, rank: int) -> str:
+    """An array task's rank log, relative to the sweep folder (ARRAY_RANK_LOG_PATTERN expanded)."""
+    return f"{LOG_DIR}/{array_job_id}_{task_id}_{rank}.out"
 
 
-def srun_argv(plan: JobPlan) -> list[str]:
+def array_batch_log(array_job_id: str, task_id: int) -> str:
+    return f"{LOG_DIR}/{array_job_id}_{task_id}{BATCH_LOG_SUFFIX}"
+
+
+def sbatch_argv(test_only: bool = False, script: str = SCRIPT_NAME) -> list[str]:
+    """The sbatch call, run with the run folder (a sweep's: the sweep folder) as its working directory."""
+    return ["sbatch", "--test-only" if test_only else "--parsable", script]
+
+
+def srun_argv(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
     """srun inside the allocation: every rank, one log per rank, and one failing rank ends them all."""
-    rank_logs = quoting.filename_pattern(f"{plan.run_dir}/{LOG_DIR}/") + RANK_LOG_PATTERN
+    pattern = ARRAY_RANK_LOG_PATTERN if array else RANK_LOG_PATTERN
+    rank_logs = quoting.filename_pattern(f"{plan.run_dir}/{LOG_DIR}/") + pattern
     return ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--open-mode=append", f"--output={rank_logs}",
             *plan.srun_args, *plan.entry]
 
@@ -120,8 +150,9 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     return checked, additional
 
 
-def _setup_lines(plan: JobPlan) -> list[str]:
-    batch_log = quoting.word(f"{plan.run_dir}/{LOG_DIR}/") + '"${SLURM_JOB_ID}"' + BATCH_LOG_SUFFIX
+def _setup_lines(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
+    job = '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' if array else '"${SLURM_JOB_ID}"'
+    batch_log = quoting.word(f"{plan.run_dir}/{LOG_DIR}/") + job + BATCH_LOG_SUFFIX
     return [
         f"exec >>{batch_log} 2>&1",
         # setup lines and ranks run where the user submitted from
@@ -133,27 +164,35 @@ def _setup_lines(plan: JobPlan) -> list[str]:
     ]
 
 
-def sbatch_script(plan: JobPlan, ctx: RenderContext) -> str:
-    """The batch script for `plan`, rendered by submitit, with zerorun's header."""
+def sbatch_script(plan: JobPlan, ctx: RenderContext, array: Optional[ArraySpec] = None,
+                  script: str = SCRIPT_NAME) -> str:
+    """The batch script for `plan`, rendered by submitit, with zerorun's header; a job array when `array`
+    (`script`: its file name in the sweep folder, for the header)."""
     from submitit.slurm.slurm import _make_sbatch_string
 
     params, additional = sbatch_parameters(plan)
+    if array is not None:
+        # submitit's own array line: --array=0-{map_count-1}%{min(map_count, array_parallelism)}
+        params["map_count"] = array.size
+        params["array_parallelism"] = array.parallelism
     body = _make_sbatch_string(
-        command=quoting.join(srun_argv(plan)),
+        command=quoting.join(srun_argv(plan, array)),
         folder=plan.run_dir,  # unused: every path submitit would derive from it is set below
         wckey=None,  # type: ignore[arg-type]
-        setup=_setup_lines(plan),
+        setup=_setup_lines(plan, array),
         stderr_to_stdout=True,
         use_srun=False,  # zerorun writes the srun line itself, through cluster.quoting
         additional_parameters=additional,
         **params,
     )
     shebang, _, rest = body.partition("\n")
+    what = f"a job array of {array.size} sweep members" if array else "run"
+    folder = "sweep" if array else "run"
     header = [
         shebang,
-        f"# rendered by zerorun {ctx.version} for run {quoting.comment(plan.name)}",
+        f"# rendered by zerorun {ctx.version} for {what} {quoting.comment(plan.name)}",
         f"# command: {quoting.comment(quoting.join(ctx.command))}",
-        f"# submitted from the run folder: {' '.join(sbatch_argv())}",
+        f"# submitted from the {folder} folder: {' '.join(sbatch_argv(script=script))}",
     ]
     return "\n".join(header) + "\n" + rest
 

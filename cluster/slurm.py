@@ -3,6 +3,9 @@ scontrol), pure parsers for their answers, and one table of Slurm's job states.
 
 Submission's one side effect is `sbatch()`. Queries ask squeue first (live jobs), then sacct (history, when
 accounting runs), then scontrol (jobs finished in the last few minutes), and merge into one JobState per job.
+Array tasks (a sweep's members) are asked the same way and keyed "ARRAYJOB_TASK" (`query_tasks`); a sweep finds
+its own arrays again by job name after a crash (`find_named`), and reads the cluster's size limits once
+(`limits`: MaxArraySize, MaxJobCount from `scontrol show config`).
 """
 
 from __future__ import annotations
@@ -156,9 +159,10 @@ def _run(argv: list[str], *, cwd: Optional[str] = None, timeout: float = TIMEOUT
         raise SlurmError(f"{argv[0]} did not answer within {timeout:.0f} s: is slurmctld up? (scontrol ping)") from None
 
 
-def sbatch(run_dir: str) -> str:
-    """Submit the run folder's script: the one side effect of submission. Returns the job id."""
-    out = _run(render.sbatch_argv(), cwd=run_dir)
+def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
+    """Submit the run folder's script: the one side effect of submission. Returns the job id (an array's: the
+    array job id)."""
+    out = _run(render.sbatch_argv(script=script), cwd=run_dir)
     if out.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip().split(";")[0]
@@ -167,9 +171,9 @@ def sbatch(run_dir: str) -> str:
     return job_id
 
 
-def test_only(run_dir: str) -> tuple[bool, str]:
+def test_only(run_dir: str, script: str = render.SCRIPT_NAME) -> tuple[bool, str]:
     """`sbatch --test-only`: would Slurm take the script, and when and where would it start? Submits nothing."""
-    out = _run(render.sbatch_argv(test_only=True), cwd=run_dir)
+    out = _run(render.sbatch_argv(test_only=True, script=script), cwd=run_dir)
     return out.returncode == 0, (out.stderr.strip() or out.stdout.strip())
 
 
@@ -212,3 +216,136 @@ def read_failures(run_dir: str | Path, job_id: str) -> list[TaskFailure]:
     except OSError:
         return []
     return failed_tasks(text)
+
+
+# ---- job arrays (sweeps) ----------------------------------------------------------------------------------------
+
+# Slurm's defaults (slurm.conf(5)) when `scontrol show config` cannot be asked
+DEFAULT_MAX_ARRAY_SIZE = 1001
+DEFAULT_MAX_JOB_COUNT = 10000
+_ARRAY_TASK = re.compile(r"^(\d+)_(\d+)$")
+
+
+@dataclass(frozen=True)
+class ClusterLimits:
+    # an array's task ids run 0..max_array_size-1: at most this many members per array
+    max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
+    # jobs slurmctld keeps at once; each array task becomes one when it starts
+    max_job_count: int = DEFAULT_MAX_JOB_COUNT
+    # where the numbers came from: "scontrol show config", or why Slurm's defaults are assumed
+    source: str = "scontrol show config"
+
+
+def parse_scontrol_config(text: str) -> ClusterLimits:
+    """MaxArraySize and MaxJobCount from `scontrol show config` (lines such as `MaxArraySize = 1001`)."""
+    found: dict[str, int] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() in ("MaxArraySize", "MaxJobCount") and value.strip().isdigit():
+            found[key.strip()] = int(value.strip())
+    return ClusterLimits(found.get("MaxArraySize", DEFAULT_MAX_ARRAY_SIZE),
+                         found.get("MaxJobCount", DEFAULT_MAX_JOB_COUNT))
+
+
+def limits() -> ClusterLimits:
+    """The cluster's array and job-count limits; Slurm's defaults (with the reason in `source`) when scontrol
+    cannot be asked."""
+    try:
+        out = _run(["scontrol", "show", "config"])
+    except SlurmError as e:
+        return ClusterLimits(source=f"Slurm's defaults ({e})")
+    if out.returncode != 0:
+        return ClusterLimits(source=f"Slurm's defaults (scontrol show config failed: {out.stderr.strip()})")
+    return parse_scontrol_config(out.stdout)
+
+
+_ARRAY_RANGE = re.compile(r"^(\d+)_\[([0-9,\-]+)(?:%\d+)?\]$")
+
+
+def parse_sacct_tasks(text: str) -> dict[str, JobState]:
+    """`sacct -n -P -X -o JobID,State,ExitCode,Elapsed,NodeList` for arrays: one line per task that has started
+    ("263_2"), and one line for the tasks that never did ("263_[3-5%2]": pending, or cancelled while pending)."""
+    jobs = {}
+    for line in text.splitlines():
+        f = line.strip().split("|")
+        if len(f) != 5:
+            continue
+        if _ARRAY_TASK.match(f[0]):
+            jobs[f[0]] = _job(f[0], f[1], "sacct", exit_code=f[2], elapsed=f[3], nodelist=f[4])
+        elif m := _ARRAY_RANGE.match(f[0]):
+            for task in _task_ids(m.group(2)):
+                key = f"{m.group(1)}_{task}"
+                jobs.setdefault(key, _job(key, f[1], "sacct", exit_code=f[2], elapsed=f[3], nodelist=f[4]))
+    return jobs
+
+
+_SCONTROL_TASK = {k: re.compile(rf"(?:^|\s){k}=(\S*)") for k in
+                  ("ArrayJobId", "ArrayTaskId", "JobState", "Reason", "ExitCode", "RunTime", "NodeList")}
+
+
+def parse_scontrol_tasks(text: str) -> dict[str, JobState]:
+    """`scontrol show job -o ARRAY_TASK...`: one line per task, keyed "ARRAYJOB_TASK"."""
+    jobs = {}
+    for line in text.splitlines():
+        got = {k: (m.group(1) if (m := rx.search(line)) else "") for k, rx in _SCONTROL_TASK.items()}
+        if got["ArrayJobId"].isdigit() and got["ArrayTaskId"].isdigit() and got["JobState"]:
+            key = f"{got['ArrayJobId']}_{got['ArrayTaskId']}"
+            jobs[key] = _job(key, got["JobState"], "scontrol", reason="" if got["Reason"] == "None" else got["Reason"],
+                             exit_code=got["ExitCode"], elapsed=got["RunTime"],
+                             nodelist="" if got["NodeList"] == "(null)" else got["NodeList"])
+    return jobs
+
+
+def query_tasks(tasks: Iterable[str]) -> dict[str, JobState]:
+    """The state of each array task ("ARRAYJOB_TASK"): squeue (one line per task with -r) for live ones, sacct
+    for finished ones, scontrol for any left; UNKNOWN when none knows it."""
+    wanted = sorted({t for t in tasks if _ARRAY_TASK.match(t)}, key=lambda t: tuple(map(int, t.split("_"))))
+    found: dict[str, JobState] = {}
+    if not wanted:
+        return found
+    arrays = sorted({t.split("_")[0] for t in wanted}, key=int)
+
+    def ask(argv: list[str], parse) -> None:  # type: ignore[no-untyped-def]
+        try:
+            out = _run(argv)
+        except SlurmError:
+            return
+        for key, st in parse(out.stdout).items():
+            found.setdefault(key, st)
+
+    ask(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", SQUEUE_FORMAT], parse_squeue)
+    missing = sorted({t.split("_")[0] for t in wanted if t not in found}, key=int)
+    if missing:
+        ask(["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State,ExitCode,Elapsed,NodeList"],
+            parse_sacct_tasks)
+    for t in [t for t in wanted if t not in found]:
+        ask(["scontrol", "show", "job", "-o", t], parse_scontrol_tasks)
+    for t in wanted:
+        found.setdefault(t, JobState(t, "UNKNOWN", "", False, reason="no Slurm command knows this array task"))
+    return {t: found[t] for t in wanted}
+
+
+def find_named(job_name: str, since: float) -> tuple[list[str], Optional[str]]:
+    """The (array) job ids of this user's jobs named `job_name`: live ones (squeue) and ones submitted since
+    `since` (epoch seconds; sacct, else scontrol's memory of recent jobs). How a sweep finds a submission whose
+    sbatch answer it never recorded. Returns (ids, why the history could not be searched, or None)."""
+    import time
+
+    out = _run(["squeue", "-h", "--name", job_name, "-o", "%F"])
+    if out.returncode != 0:
+        raise SlurmError(f"squeue --name {job_name} failed ({out.stderr.strip()}): cannot tell whether that job "
+                         "was queued; try again when slurmctld answers (scontrol ping)")
+    ids = {x for x in out.stdout.split() if x.isdigit()}
+    start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 60))
+    out = _run(["sacct", "-n", "-P", "-X", "--name", job_name, "-S", start, "-o", "JobID"])
+    if out.returncode == 0:
+        ids.update(h for h in (line.split("_")[0] for line in out.stdout.split()) if h.isdigit())
+        return sorted(ids, key=int), None
+    why = f"sacct failed ({out.stderr.strip() or out.returncode})"
+    shown = _run(["scontrol", "show", "job", "-o"])
+    for line in shown.stdout.splitlines() if shown.returncode == 0 else []:
+        if f" JobName={job_name} " in f" {line} ":
+            m = re.search(r"(?:^|\s)ArrayJobId=(\d+)", line) or re.search(r"(?:^|\s)JobId=(\d+)", line)
+            if m:
+                ids.add(m.group(1))
+    return sorted(ids, key=int), why

@@ -205,6 +205,23 @@ class RequeueConfig:
 
 
 @dataclass
+class SweepConfig:
+    # `zerorun -m KEY=A,B ...` (docs/sweeps.md): how many members run at once; on Slurm the array's throttle
+    # (sbatch --array=0-N%parallelism, per array when a sweep is split), on cluster=local processes at once
+    parallelism: int = 256
+    # the sweep's id; its folder is runs_dir/name/sweep-ID. null: a hash of the command line's overrides, so the
+    # same command finds the same sweep (and submits nothing new); set it to start a new sweep of the same grid
+    id: Optional[str] = None
+    # a sweep folder that already holds a record: "none" submits nothing new; "failed" resubmits the members that
+    # failed, timed out for good or were cancelled (the same as `zerorun resubmit SWEEP_DIR --failed`)
+    resubmit: str = "none"
+    # the metric `zerorun status` and `zerorun report` rank members by (a key of each member's metrics.json),
+    # and whether lower ("min") or higher ("max") is better
+    metric: str = "val_loss"
+    mode: str = "min"
+
+
+@dataclass
 class ZerorunConfig:
     task: TaskConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -214,6 +231,8 @@ class ZerorunConfig:
     trainer: TrainerConfig = MISSING
     cluster: ClusterConfig = MISSING
     requeue: RequeueConfig = field(default_factory=RequeueConfig)
+    # settings of a sweep (`-m`): parallelism, id, what a second submission does, the metric that ranks members
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42
     # the run's name; the run folder is runs_dir/name/run_id and stays the same for every attempt of the run
     name: str = "${task.name}"

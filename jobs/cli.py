@@ -23,7 +23,18 @@ def _cluster(argv: list[str]) -> int:
     return main(argv)
 
 
+def _sweep_target(argv: list[str]) -> bool:
+    """Is the verb's target a sweep folder (it holds a sweep record)?"""
+    from jobs.sweep_verbs import is_sweep
+
+    return bool(argv) and not argv[0].startswith("-") and is_sweep(argv[0])
+
+
 def _status(argv: list[str]) -> int:
+    if _sweep_target(argv):
+        from jobs.sweep_verbs import status as sweep_status
+
+        return sweep_status(argv)
     from jobs.verbs import status
 
     return status(argv)
@@ -36,16 +47,35 @@ def _logs(argv: list[str]) -> int:
 
 
 def _cancel(argv: list[str]) -> int:
+    if _sweep_target(argv):
+        from jobs.sweep_verbs import cancel as sweep_cancel
+
+        return sweep_cancel(argv)
     from jobs.verbs import cancel
 
     return cancel(argv)
 
 
+def _resubmit(argv: list[str]) -> int:
+    from jobs.sweep_verbs import resubmit
+
+    return resubmit(argv)
+
+
+def _report(argv: list[str]) -> int:
+    from jobs.sweep_verbs import report
+
+    return report(argv)
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cluster": (_cluster, "a real Slurm cluster on this machine: zerorun cluster up | down | status"),
-    "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID] (none: every run)"),
+    "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID|SWEEP_DIR] (none: every run)"),
     "logs": (_logs, "a rank's log: zerorun logs JOB_ID|RUN_DIR [--rank R] [--batch] [--follow]"),
-    "cancel": (_cancel, "cancel a submitted job: zerorun cancel JOB_ID|RUN_DIR"),
+    "cancel": (_cancel, "cancel a submitted job or sweep: zerorun cancel JOB_ID|RUN_DIR|SWEEP_DIR"),
+    "resubmit": (_resubmit, "a sweep's failed, timed-out or cancelled members again: zerorun resubmit SWEEP_DIR "
+                            "--failed"),
+    "report": (_report, "plot a sweep and print its best members: zerorun report SWEEP_DIR"),
 }
 
 HELP_FLAGS = ("--help", "-h")
@@ -79,6 +109,7 @@ def help_text() -> str:
 usage:
   zerorun [GROUP=OPTION] [KEY=VALUE]...   run (cluster=local) or submit (cluster=slurm) a training job
   zerorun ... dry_run=true                 write and print what would run or be submitted; submit nothing
+  zerorun -m KEY=A,B [KEY2=C,D]...         a sweep: every combination, one Slurm job array (docs/sweeps.md)
   zerorun VERB [ARGS]
 
 verbs:
@@ -92,6 +123,7 @@ examples:
   zerorun cluster=local cluster.nodes=2 cluster.tasks_per_node=1 trainer=ddp
   zerorun cluster=slurm cluster.nodes=2 cluster.gpus_per_node=4 trainer=deepspeed dry_run=true
   zerorun status
+  zerorun -m cluster=slurm optimizer.lr=1e-4,3e-4 seed=1,2,3 sweep.parallelism=4
 
 more: zerorun --cfg job (the composed config), zerorun --hydra-help (Hydra's flags), docs/cluster.md
 """

@@ -1,0 +1,134 @@
+"""Planning a sweep: its members in, frozen job arrays out. Pure: no cluster probe, no file, no clock.
+
+A sweep of N members is submitted as job arrays of the same batch script: every array task is one whole job of
+the sweep's geometry (nodes x tasks_per_node ranks), and array task i runs member `members[i]` of its array.
+An array holds at most MaxArraySize members (its task ids run 0..MaxArraySize-1), so a larger sweep is split
+into several arrays, each submitted with one sbatch call. Each array's script names an index file; the rank
+entry reads its member's run folder from that file by SLURM_ARRAY_TASK_ID (jobs/rank.py), so the script itself
+never lists members.
+
+Cluster facts (MaxArraySize, MaxJobCount) are asked outside planning (cluster.slurm.limits) and handed in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from cluster import quoting
+from cluster.plan import JobPlan
+from cluster.render import ArraySpec
+from cluster.slurm import ClusterLimits
+
+ARRAYS_DIR = "arrays"
+# file names of array k of submission s, inside the sweep folder
+SCRIPT_PATTERN = ARRAYS_DIR + "/s{submission:02d}-a{index:03d}.sbatch"
+INDEX_PATTERN = ARRAYS_DIR + "/s{submission:02d}-a{index:03d}.index.json"
+# the flag the rank entry takes before the index file: `python -m jobs.rank --array INDEX_FILE`
+ARRAY_FLAG = "--array"
+
+
+@dataclass(frozen=True)
+class ArrayChunk:
+    """One job array, one sbatch call."""
+
+    index: int
+    # array task i runs member members[i]
+    members: tuple[int, ...]
+    # unique to this sbatch call and part of its job name: after a crash the sweep finds the array by it
+    tag: str
+    job_name: str
+    # where its script and index file live, relative to the sweep folder
+    script: str
+    index_file: str
+    array: ArraySpec
+    # the job every task runs: the sweep's geometry, run_dir = the sweep folder, entry = rank --array INDEX
+    plan: JobPlan
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    sweep_id: str
+    sweep_dir: str
+    # 0 for the first submission of a sweep, 1.. for each resubmission
+    submission: int
+    parallelism: int
+    arrays: tuple[ArrayChunk, ...]
+
+    @property
+    def members(self) -> int:
+        return sum(len(a.members) for a in self.arrays)
+
+
+def split(n: int, max_array_size: int) -> list[range]:
+    """Positions 0..n-1 cut into consecutive ranges of at most max_array_size (one range per array)."""
+    size = max(1, max_array_size)
+    return [range(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def sweep_problems(members: int, parallelism: int, limits: ClusterLimits) -> list[str]:
+    """Problems of a sweep's size and throttle on this cluster, each naming the fix."""
+    p: list[str] = []
+    if members < 1:
+        p.append("the sweep has no members (a sweep override with no values, e.g. seed=range(0,0)); give every "
+                 "swept key at least one value: KEY=A,B or KEY=range(START,STOP)")
+    if parallelism < 1:
+        p.append(f"sweep.parallelism={parallelism}: at least one member must be allowed to run at once; set "
+                 "sweep.parallelism=1 or more (it caps the members running at the same time)")
+    if members > limits.max_job_count:
+        arrays = -(-members // max(1, limits.max_array_size))
+        p.append(f"the sweep has {members} members ({arrays} arrays of at most MaxArraySize="
+                 f"{limits.max_array_size}), more than the cluster keeps at once (MaxJobCount="
+                 f"{limits.max_job_count}, from {limits.source}); sweep fewer values per key, or submit it as "
+                 f"several sweeps of at most {limits.max_job_count} members")
+    return p
+
+
+def job_name(name: str, sweep_id: str, tag: str) -> str:
+    """The arrays' Slurm job name: a label of the sweep, then the tag whole (never cut)."""
+    room = quoting.NAME_MAX - len(tag) - 1
+    return f"{quoting.slurm_name(f'{name}-{sweep_id}')[:room]}.{tag}"
+
+
+def array_plan(base: JobPlan, sweep_dir: str, index_path: str, name: str) -> JobPlan:
+    """The job one array task runs: the members' common plan, logs in the sweep folder, and an entry command
+    that finds the member's run folder from the index file (the plan's entry ends with a run folder)."""
+    return dataclasses.replace(base, name=name, run_dir=sweep_dir, entry=(*base.entry[:-1], ARRAY_FLAG, index_path))
+
+
+def plan_sweep(base: JobPlan, members: Sequence[int], *, sweep_id: str, sweep_dir: str, name: str,
+               submission: int, nonce: str, parallelism: int, limits: ClusterLimits) -> SweepPlan:
+    """Arrays of `members` (member numbers, in task order). `base` is the plan of any member (they share it but
+    for the run folder); `nonce` makes this submission's tags unique (random, drawn by the caller)."""
+    arrays = []
+    for k, part in enumerate(split(len(members), limits.max_array_size)):
+        tag = f"s{submission}a{k}-{nonce}"
+        jname = job_name(name, sweep_id, tag)
+        index_file = INDEX_PATTERN.format(submission=submission, index=k)
+        arrays.append(ArrayChunk(
+            index=k,
+            members=tuple(members[i] for i in part),
+            tag=tag,
+            job_name=jname,
+            script=SCRIPT_PATTERN.format(submission=submission, index=k),
+            index_file=index_file,
+            array=ArraySpec(size=len(part), parallelism=parallelism),
+            plan=array_plan(base, sweep_dir, f"{sweep_dir}/{index_file}", jname),
+        ))
+    return SweepPlan(sweep_id, sweep_dir, submission, parallelism, tuple(arrays))
+
+
+def index_text(chunk: ArrayChunk, run_dirs: Mapping[int, str]) -> str:
+    """The index file of an array: task i -> the run folder of member chunk.members[i]."""
+    return json.dumps({"tag": chunk.tag, "members": list(chunk.members),
+                       "run_dirs": [run_dirs[m] for m in chunk.members]}, ensure_ascii=False) + "\n"
+
+
+def member_table(rows: Sequence[tuple[int, str, str]]) -> str:
+    """member, array task ("s0a0/3"), overrides: one aligned line each (the dry run's table)."""
+    cells = [("member", "array/task", "overrides"), *((str(n), task, ov) for n, task, ov in rows)]
+    w0 = max(len(c[0]) for c in cells)
+    w1 = max(len(c[1]) for c in cells)
+    return "".join(f"{c[0]:<{w0}}  {c[1]:<{w1}}  {c[2]}".rstrip() + "\n" for c in cells)

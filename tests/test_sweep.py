@@ -1,0 +1,354 @@
+"""Sweeps without a cluster: the grid becomes members built from one composed config (and the same config a full
+composition gives), arrays split under MaxArraySize, bad input refused before anything is written, the dry run,
+the record, the index an array task reads, and a small sweep run here with cluster=local.
+
+The real Slurm side (queued arrays, failures, preemption, a crashed submitter, the report) is
+tests/test_sweep_slurm.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from cluster import launcher, preflight, render, sweep_plan
+from cluster.plan import make_plan
+from cluster.slurm import ClusterLimits, parse_sacct_tasks, parse_scontrol_config, parse_squeue
+from conftest import REPO, shrink
+from jobs import sweep as sweeps
+from jobs import sweep_record
+
+CPU_SLURM = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1",
+             "cluster.mem=1G", "cluster.time_min=5", "cluster.signal_delay_s=60", "cluster.partition=debug")
+NO_CLUSTER = preflight.ClusterFacts(error="no cluster in this test")
+LIMITS = ClusterLimits(1001, 10000, "scontrol show config (as this test fixes it)")
+
+
+def multirun(runs: Path, *overrides: str):
+    """(config, config_loader, members' overrides) as `zerorun -m OVERRIDES` hands them to the launcher."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from configs.schema import register
+
+    register()
+    args = [f"cluster.runs_dir={runs}", *overrides]
+    with initialize_config_module("configs", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        cfg = hydra.compose_config("config", overrides=args, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+        loader = hydra.config_loader
+        members = launcher.expand(cfg, loader, [str(x) for x in cfg.hydra.overrides.task])
+        return cfg, loader, members
+
+
+def build(runs: Path | str, *overrides: str) -> launcher.BuiltSweep:
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from configs.schema import register
+
+    register()
+    args = [f"cluster.runs_dir={runs}", *overrides]
+    with initialize_config_module("configs", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        cfg = hydra.compose_config("config", overrides=args, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+        members = launcher.expand(cfg, hydra.config_loader, [str(x) for x in cfg.hydra.overrides.task])
+        return launcher.build(cfg, hydra.config_loader, members)
+
+
+def full_composition(runs: Path, member: launcher.MemberSpec, sweep_id: str, *base: str) -> str:
+    """The member's config as a plain `zerorun OVERRIDES` run would save it (one full composition)."""
+    from hydra import compose, initialize_config_module
+
+    from jobs.app import finalize
+
+    with initialize_config_module("configs", version_base="1.3"):
+        overrides = [f"cluster.runs_dir={runs}", *base, *member.overrides, f"sweep.id={sweep_id}"]
+        cfg = compose("config", overrides=overrides)
+    cfg = finalize(cfg)
+    cfg.run_dir, cfg.run_id = member.run_dir, member.config["run_id"]
+    return OmegaConf.to_yaml(cfg)
+
+
+# ---- members ---------------------------------------------------------------------------------------------------
+
+def test_members_are_the_grid_and_each_config_is_what_a_full_composition_gives(tmp_path):
+    runs = tmp_path / "runs"
+    base = ("trainer.max_steps=7",)
+    built = build(runs, *base, "optimizer.lr=1e-4,3e-4", "seed=1,2,3", "trainer=default,ddp",
+                  "task.name=translation,language_modeling")
+    assert len(built.members) == 2 * 3 * 2 * 2
+    assert built.params == ["optimizer.lr", "seed", "trainer", "task.name"]
+    assert built.sweep_dir == f"{runs}/translation/sweep-{built.sweep_id}"
+    m = built.members[-1]
+    assert m.overrides == ("optimizer.lr=0.0003", "seed=3", "trainer=ddp", "task.name=language_modeling")
+    assert m.params == {"optimizer.lr": 0.0003, "seed": 3, "trainer": "ddp", "task.name": "language_modeling"}
+    assert m.run_dir == f"{built.sweep_dir}/{m.num}"
+    # a group sweep (trainer=...) and a key another key interpolates (name: ${task.name}) included
+    for member in (built.members[0], built.members[5], m):
+        assert member.yaml == full_composition(runs, member, built.sweep_id, *base), member.overrides
+    assert m.config["name"] == "language_modeling" and m.config["trainer"]["strategy"]["name"] == "ddp"
+    assert m.config["trainer"]["max_steps"] == 7
+    # unchanged sections are shared with the base, not copied per member
+    assert built.members[0].config["dataset"] is built.members[1].config["dataset"]
+
+
+def test_the_same_command_gives_the_same_sweep_id_and_another_grid_another(tmp_path):
+    a = build(tmp_path, "optimizer.lr=1e-4,3e-4", "seed=1,2")
+    b = build(tmp_path, "seed=1,2", "optimizer.lr=1e-4,3e-4", "dry_run=true", "sweep.parallelism=3")
+    c = build(tmp_path, "optimizer.lr=1e-4,3e-4", "seed=1,2,3")
+    d = build(tmp_path, "optimizer.lr=1e-4,3e-4", "seed=1,2", "sweep.id=again")
+    assert a.sweep_id == b.sweep_id, "order, dry_run and parallelism do not change what the sweep is"
+    assert a.sweep_id != c.sweep_id
+    assert d.sweep_id == "again" and d.sweep_dir.endswith("/sweep-again")
+
+
+def test_10000_members_split_into_arrays_under_max_array_size_within_5s(tmp_path):
+    t0 = time.perf_counter()
+    built = build(tmp_path, *CPU_SLURM, "seed=range(0,10000)")
+    base = make_plan(launcher.ConfigView(built.plan_configs[0]))
+    plan = sweep_plan.plan_sweep(base, [m.num for m in built.members], sweep_id=built.sweep_id,
+                                 sweep_dir=built.sweep_dir, name=built.name, submission=0, nonce="abc123",
+                                 parallelism=50, limits=LIMITS)
+    scripts = [render.sbatch_script(a.plan, render.RenderContext("T", ("zerorun",)), a.array, script=a.script)
+               for a in plan.arrays]
+    elapsed = time.perf_counter() - t0
+    assert elapsed <= 5.0, f"planning 10,000 members took {elapsed:.1f} s"
+    assert [len(a.members) for a in plan.arrays] == [1001] * 9 + [991]
+    assert [m for a in plan.arrays for m in a.members] == list(range(10000)), "every member once, in order"
+    assert [a.array.flag for a in plan.arrays] == ["0-1000%50"] * 9 + ["0-990%50"]
+    assert len({a.tag for a in plan.arrays}) == 10 and all(len(a.job_name) <= 64 for a in plan.arrays)
+    assert "#SBATCH --array=0-1000%50" in scripts[0] and "#SBATCH --array=0-990%50" in scripts[-1]
+    assert f"--array {built.sweep_dir}/arrays/s00-a009.index.json" in scripts[-1]
+    index = json.loads(sweep_plan.index_text(plan.arrays[9], {m.num: m.run_dir for m in built.members}))
+    assert index["run_dirs"][0] == f"{built.sweep_dir}/9009" and len(index["run_dirs"]) == 991
+
+
+def test_split_and_size_limits():
+    assert sweep_plan.split(0, 1001) == []
+    assert [len(r) for r in sweep_plan.split(1002, 1001)] == [1001, 1]
+    assert [len(r) for r in sweep_plan.split(5, 2)] == [2, 2, 1]
+    assert sweep_plan.sweep_problems(10000, 1, LIMITS) == []
+    too_many = sweep_plan.sweep_problems(10001, 1, LIMITS)
+    assert len(too_many) == 1 and "MaxJobCount=10000" in too_many[0] and "at most 10000 members" in too_many[0]
+    assert "sweep.parallelism=1 or more" in sweep_plan.sweep_problems(4, 0, LIMITS)[0]
+    assert "no members" in sweep_plan.sweep_problems(0, 4, LIMITS)[0]
+
+
+def test_cluster_limits_are_read_from_scontrol_show_config():
+    text = "Configuration data as of ...\nMaxArraySize            = 1001\nMaxJobCount             = 10000\n"
+    assert parse_scontrol_config(text) == ClusterLimits(1001, 10000)
+    assert parse_scontrol_config("") == ClusterLimits(), "Slurm's defaults when unsaid"
+
+
+def test_array_task_states_parse_for_every_final_state():
+    sacct = ("301_0|COMPLETED|0:0|00:00:14|n[1-2]\n301_1|FAILED|1:0|00:00:12|n[1-2]\n"
+             "301_2|TIMEOUT|0:0|00:05:00|n[1-2]\n301_3|PREEMPTED|0:15|00:00:09|n[1-2]\n"
+             "301_4|CANCELLED by 0|0:15|00:00:03|n[1-2]\n301_[5-6%2]|PENDING|0:0|00:00:00|None assigned\n"
+             "302_[0-1]|CANCELLED by 0|0:0|00:00:00|None assigned\n")
+    states = parse_sacct_tasks(sacct)
+    assert {k: v.state for k, v in states.items()} == {
+        "301_0": "COMPLETED", "301_1": "FAILED", "301_2": "TIMEOUT", "301_3": "PREEMPTED", "301_4": "CANCELLED",
+        "301_5": "PENDING", "301_6": "PENDING", "302_0": "CANCELLED", "302_1": "CANCELLED"}
+    assert [k for k, s in states.items() if not s.finished] == ["301_5", "301_6"]
+    live = parse_squeue("301_5|PENDING|JobArrayTaskLimit|0:00|\n301_6|RUNNING|None|0:07|n[1-2]\n")
+    assert live["301_5"].state == "PENDING" and live["301_5"].reason == "JobArrayTaskLimit"
+    assert live["301_6"].state == "RUNNING" and not live["301_6"].finished
+    assert {"FAILED", "TIMEOUT", "PREEMPTED", "CANCELLED"} <= sweep_record.RESUBMITTABLE
+    assert "COMPLETED" not in sweep_record.RESUBMITTABLE
+
+
+# ---- bad input, refused before anything is written -------------------------------------------------------------
+
+@pytest.mark.parametrize("overrides, expected", [
+    (("optimizer.lrr=1e-4,3e-4",), "no key 'optimizer.lrr'"),
+    (("optimizer.lrr=1e-4,3e-4",), "did you mean optimizer.lr?"),
+    (("trainer.max_steps=10,ten",), "trainer.max_steps=ten"),
+    (("cluster.nodes=1,2",), "cluster.* cannot vary inside a sweep"),
+    (("run_dir=/a,/b",), "run_dir names the sweep's folders"),
+    (("seed=range(0,0)",), "has no members"),
+    (("seed=interval(0,1)",), "a grid sweep takes a list of values"),
+    (("seed=3",), "nothing to sweep"),
+    (("trainer=ddp,nosuch",), "nosuch"),
+])
+def test_bad_sweeps_are_refused_with_the_fix_and_nothing_is_written(tmp_path, overrides, expected):
+    runs = tmp_path / "runs"
+    with pytest.raises(launcher.SweepError) as e:
+        build(runs, *overrides)
+    assert expected in str(e.value)
+    assert not runs.exists(), "nothing is written for a sweep that cannot run"
+
+
+def test_a_member_that_cannot_run_is_refused_with_its_number(tmp_path):
+    with pytest.raises(launcher.SweepError) as e:
+        build(tmp_path / "runs", "trainer.max_steps=10,0")
+    assert "members 1: trainer.max_steps=0" in str(e.value)
+
+
+def test_zero_parallelism_and_too_many_members_are_refused_before_anything_is_written(tmp_path):
+    runs = tmp_path / "runs"
+    built = build(runs, *CPU_SLURM, "seed=1,2", "sweep.parallelism=0")
+    out, err = io.StringIO(), io.StringIO()
+    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 2
+    assert "sweep.parallelism=1 or more" in err.getvalue()
+    built = build(runs, *CPU_SLURM, "seed=range(0,12)")
+    err = io.StringIO()
+    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=ClusterLimits(5, 10, "test")) == 2
+    assert "12 members (3 arrays of at most MaxArraySize=5)" in err.getvalue()
+    local = build(runs, "seed=1,2", "sweep.parallelism=0")
+    rc, _ = sweeps.run(local, out, err)
+    assert rc == 2 and not runs.exists()
+
+
+def test_a_swept_value_that_is_a_secret_is_refused_with_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_zr_sweep_secret_0123456789")
+    built = build(tmp_path / "runs", *CPU_SLURM, "dataset.source_prefix=hf_zr_sweep_secret_0123456789,plain")
+    out, err = io.StringIO(), io.StringIO()
+    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 2
+    assert "$HF_TOKEN would be written" in err.getvalue() and "cluster.env_passthrough" in err.getvalue()
+    local = build(tmp_path / "runs", "dataset.source_prefix=hf_zr_sweep_secret_0123456789,plain")
+    assert sweeps.run(local, out, err)[0] == 2 and not (tmp_path / "runs").exists()
+
+
+# ---- dry run -----------------------------------------------------------------------------------------------
+
+def test_dry_run_writes_the_array_script_and_member_table_and_submits_nothing(tmp_path):
+    built = build(tmp_path / "runs", *CPU_SLURM, "cluster.nodes=2", "trainer=ddp", "sweep.parallelism=2",
+                  "optimizer.lr=1e-3,3e-3", "seed=1,2,3", "dry_run=true")
+    out, err = io.StringIO(), io.StringIO()
+    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
+    text, files = out.getvalue(), Path(built.sweep_dir) / sweeps.DRY_RUN_DIR
+    script = (files / "arrays/s00-a000.sbatch").read_text()
+    assert script in text
+    assert "#SBATCH --array=0-5%2" in script and "#SBATCH --nodes=2" in script
+    assert "logs/%A_%a_%t.out" in script and '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"_batch.out' in script
+    assert f"-m jobs.rank --array {files}/arrays/s00-a000.index.json" in script
+    table = (files / sweeps.MEMBERS_TABLE).read_text()
+    assert table in text
+    rows = [line.split() for line in table.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["0", "1", "2", "3", "4", "5"]
+    assert rows[4] == ["4", "s0a0/4", "optimizer.lr=0.003", "seed=2"]
+    index = json.loads((files / "arrays/s00-a000.index.json").read_text())
+    assert index["run_dirs"] == [f"{built.sweep_dir}/{i}" for i in range(6)]
+    assert "sbatch --test-only: not asked" in text
+    sweep_dir = Path(built.sweep_dir)
+    assert not (sweep_dir / sweep_record.RECORD_NAME).exists() and not (sweep_dir / "0").exists(), \
+        "a dry run writes no record and no member folders"
+
+
+def test_hostile_folder_names_reach_the_array_task_exactly(tmp_path):
+    import shlex
+
+    runs = tmp_path / "it's \"q\" $(touch /tmp/pwned-zr-sweep) `id` ünï 100%j"
+    quoted = "'" + str(runs).replace("\\", "\\\\").replace("'", "\\'") + "'"  # as typed for Hydra
+    built = build(quoted, *CPU_SLURM, "seed=1,2", "dry_run=true")
+    assert built.sweep_dir.startswith(str(runs))
+    out, err = io.StringIO(), io.StringIO()
+    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
+    files = Path(built.sweep_dir) / sweeps.DRY_RUN_DIR
+    script = (files / "arrays/s00-a000.sbatch").read_text()
+    srun = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
+    assert srun[-2:] == ["--array", f"{files}/arrays/s00-a000.index.json"]
+    assert srun[4] == f"--output={built.sweep_dir.replace('%', '%%')}/logs/%A_%a_%t.out"
+    proc = subprocess.run(["bash", "-n", "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    index = json.loads((files / "arrays/s00-a000.index.json").read_text())
+    assert index["run_dirs"] == [f"{built.sweep_dir}/0", f"{built.sweep_dir}/1"]
+    assert not Path("/tmp/pwned-zr-sweep").exists()
+
+
+def test_a_1000_member_dry_run_through_the_cli_takes_under_2s(tmp_path):
+    env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":/bin"}  # no Slurm commands: nothing asked
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "-m", *CPU_SLURM, f"cluster.runs_dir={tmp_path}",
+                           "seed=range(0,100)", "optimizer.lr=1e-4,2e-4,3e-4,4e-4,5e-4,6e-4,7e-4,8e-4,9e-4,1e-3",
+                           "dry_run=true"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr
+    assert "zerorun dry run: nothing is submitted. 1000 members" in proc.stdout
+    assert "(980 more members; all in" in proc.stdout
+    assert elapsed <= 2.0, f"a 1000-member dry run took {elapsed:.2f} s"
+
+
+# ---- record and index ----------------------------------------------------------------------------------------
+
+def test_record_round_trip_and_submission_bookkeeping(tmp_path):
+    built = build(tmp_path / "runs", "optimizer.lr=1e-3,3e-3", "seed=1,2")
+    record = sweeps._start(built, write_record=True)
+    assert (Path(built.sweep_dir) / "2" / "config.yaml").read_text() == built.members[2].yaml
+    sweep_record.add_submission(record, [("s0a0-x", "job.s0a0-x", "arrays/s00-a000.sbatch",
+                                          "arrays/s00-a000.index.json", [0, 1, 2, 3])])
+    sweep_record.save(record)
+    again = sweep_record.load(built.sweep_dir)
+    assert again == record
+    assert again.pending()[0].tag == "s0a0-x" and again.members[3].tasks == [[0, 3]]
+    assert again.job_of(again.members[3]) is None, "no job until sbatch answered"
+    again.submissions[0].array_job_id, again.submissions[0].state = "77", sweep_record.SUBMITTED
+    sweep_record.save(again)
+    third = sweep_record.load(built.sweep_dir)
+    assert third.job_of(third.members[3]) == "77_3" and not third.pending()
+    assert third.members[1].overrides == ["optimizer.lr=0.001", "seed=2"]
+    assert third.members[1].params == {"optimizer.lr": 0.001, "seed": 2}
+    assert not list(Path(built.sweep_dir).glob(".sweep.json.tmp*")), "the record is replaced atomically"
+
+
+def test_the_rank_finds_its_member_from_the_array_task_id(tmp_path):
+    index = tmp_path / "i.json"
+    index.write_text(json.dumps({"tag": "t", "members": [4, 5], "run_dirs": ["/s/4", "/s/5"]}))
+    assert sweeps.member_run_dir(str(index), {"SLURM_ARRAY_TASK_ID": "1"}) == "/s/5"
+    with pytest.raises(sweeps.SweepIndexError, match="lists 2 members"):
+        sweeps.member_run_dir(str(index), {"SLURM_ARRAY_TASK_ID": "2"})
+    with pytest.raises(sweeps.SweepIndexError, match="only as a task of a zerorun sweep"):
+        sweeps.member_run_dir(str(index), {})
+    from jobs.rank import main
+
+    assert main(["--array", str(index)]) == 3, "a rank outside an array says why and exits"
+
+
+def test_zeroruns_launcher_and_sweeper_are_hydras_and_import_nothing_heavy():
+    code = ("import sys; from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
+            "from hydra.plugins.sweeper import Sweeper; "
+            "import cluster.launcher, cluster.sweep_plan, jobs.sweep, jobs.sweep_record, jobs.sweep_verbs; "
+            "print([c.__name__ for c in Plugins.instance().discover(Launcher)]); "
+            "print([c.__name__ for c in Plugins.instance().discover(Sweeper)]); "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'deepspeed', 'transformers', "
+            "'datasets', 'matplotlib') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    launchers, sweepers, heavy = proc.stdout.splitlines()
+    assert "ZerorunLauncher" in launchers and "ZerorunSweeper" in sweepers
+    assert heavy == "[]"
+
+
+# ---- cluster=local ----------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_local_sweep_runs_every_member_here_and_records_it(tmp_path):
+    runs = tmp_path / "runs"
+    tiny = shrink("trainer.max_steps=6", "trainer.val_check_interval=6", "dataset.max_val_samples=8",
+                  "dataset.synthetic_train_size=300", "task.log_samples=0")
+    proc = subprocess.run([sys.executable, "-m", "jobs.cli", "-m", f"cluster.runs_dir={runs}", *tiny,
+                           "sweep.parallelism=2", "optimizer.lr=1e-3,-1.0"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, f"one member fails, so the sweep does:\n{proc.stdout}\n{proc.stderr}"
+    sweep_dir = next(runs.glob("*/sweep-*"))
+    record = sweep_record.load(sweep_dir)
+    assert [(m.overrides, m.state) for m in record.members] == [
+        (["optimizer.lr=0.001"], "COMPLETED"), (["optimizer.lr=-1.0"], "FAILED")]
+    assert record.members[0].metrics and record.members[0].metrics["global_step"] == 6
+    assert "Invalid learning rate" in (sweep_dir / "1" / sweeps.LOCAL_LOG).read_text()
+    out = io.StringIO()
+    from jobs.sweep_verbs import status
+
+    assert status([str(sweep_dir)], out=out) == 0
+    assert "1 member(s) can be resubmitted" in out.getvalue()

@@ -1,0 +1,303 @@
+"""Sweeps on the real local Slurm cluster (two nodes on this machine): a 2 x 3 grid of 2-node DDP members queued
+as one job array by `zerorun -m`, which returns before they run; one member that fails only at run time, one
+preempted by a job in the `high` partition (requeued alone, resumed from its checkpoint), one cancelled and then
+resubmitted with the failed one; the record, status and report; crashes of the submitter simulated at both
+dangerous moments; and the dry run against the cluster.
+
+The grid: trainer.max_steps=40,80 x scheduler.warmup_steps=2,4,50, one member at a time (sweep.parallelism=1:
+two 2-node members of one CPU per rank share the two nodes, and a job taking the nodes would preempt both).
+A warm-up of 50 steps passes every check before submission but does not fit in 40 steps: member 2 fails in the
+scheduler, at run time, and only it.
+
+Note: the preemption tests of trainer_core also put `high` jobs on every node; if one runs at the same time, a
+member here may be requeued by it as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cluster import slurm
+from conftest import REPO
+from jobs import sweep as sweeps
+from jobs import sweep_record
+
+pytestmark = pytest.mark.slurm
+
+NODES2 = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1",
+          "cluster.partition=debug", "cluster.mem=1G", "cluster.time_min=5", "cluster.signal_delay_s=60",
+          "cluster.nodes=2", "trainer=ddp")
+TINY = ("trainer.val_check_interval=20", "trainer.log_every_n_steps=5", "trainer.logger=csv",
+        "trainer.enable_progress_bar=false", "dataset.max_val_samples=8", "dataset.synthetic_train_size=300",
+        "task.log_samples=0")
+GRID = ("trainer.max_steps=40,80", "scheduler.warmup_steps=2,4,50")
+FAILING, PREEMPTED, CANCELLED = 2, 3, 5
+FINAL = sweep_record.RESUBMITTABLE | {"COMPLETED"}
+
+
+def zerorun(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def sweep_dir_of(runs: Path) -> Path:
+    dirs = [p for p in runs.glob("*/sweep-*") if (p / sweep_record.RECORD_NAME).exists()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+def refreshed(sweep_dir: Path) -> sweep_record.SweepRecord:
+    record = sweep_record.load(sweep_dir)
+    sweeps.refresh(record)
+    return record
+
+
+def wait_for(what: str, check, timeout: float, poll: float = 0.2):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def started(run_dir: Path) -> bool:
+    events = run_dir / "attempts.jsonl"
+    return events.exists() and '"event": "start"' in events.read_text()
+
+
+def wait_all_final(sweep_dir: Path, members: list[int] | None = None, timeout: float = 300) -> sweep_record.SweepRecord:
+    """Every (given) member in a final state twice in a row, 2 s apart (a requeued task is never seen between)."""
+    seen_final = [0]
+
+    def check():  # type: ignore[no-untyped-def]
+        record = refreshed(sweep_dir)
+        chosen = [m for m in record.members if members is None or m.num in members]
+        if all(m.state in FINAL for m in chosen):
+            seen_final[0] += 1
+            return record if seen_final[0] >= 2 else None
+        seen_final[0] = 0
+        return None
+
+    return wait_for("every member to finish", check, timeout, poll=2.0)
+
+
+def my_jobs_named(name: str) -> list[str]:
+    ids, _ = slurm.find_named(name, since=time.time() - 3600)
+    return ids
+
+
+def tasks_of(array_job: str) -> list[str]:
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", array_job, "-o", "JobID"], capture_output=True,
+                         text=True, timeout=30).stdout.split()
+    live = subprocess.run(["squeue", "-h", "-r", "-j", array_job, "-o", "%i"], capture_output=True, text=True,
+                          timeout=30).stdout.split()
+    return sorted(t for t in set(out) | set(live) if re.fullmatch(r"\d+_\d+", t))
+
+
+@pytest.fixture(scope="module")
+def grid(slurm_cluster, tmp_path_factory):
+    """The 2 x 3 sweep, run to the end: member 3 preempted while it trains, member 5 cancelled while it trains."""
+    runs = tmp_path_factory.mktemp("sweep") / "runs"
+    t0 = time.monotonic()
+    proc = zerorun("-m", *NODES2, *TINY, f"cluster.runs_dir={runs}", "sweep.parallelism=1", *GRID)
+    returned_after = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stderr
+    sweep_dir = sweep_dir_of(runs)
+    at_return = refreshed(sweep_dir)
+    mine: list[str] = [s.array_job_id for s in at_return.submissions if s.array_job_id]
+    try:
+        # preempt member 3 while it trains: a job in the high partition that takes both nodes whole
+        run3 = sweep_dir / str(PREEMPTED)
+        wait_for("member 3 to start training", lambda: started(run3), timeout=240)
+        high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "--mem=100M",
+                               "-t", "2", "-J", "zr-sweep-test-preemptor", "-o", "/dev/null", "--wrap", "sleep 4"],
+                              capture_output=True, text=True, timeout=30)
+        assert high.returncode == 0, high.stderr
+        mine.append(high.stdout.strip().split(";")[0])
+        # cancel member 5 while it trains: CANCELLED, with the checkpoint of its stop
+        run5 = sweep_dir / str(CANCELLED)
+        wait_for("member 5 to start training", lambda: started(run5), timeout=240)
+        job5 = at_return.job_of(at_return.members[CANCELLED])
+        subprocess.run(["scancel", job5], check=True, timeout=30)
+        final = wait_all_final(sweep_dir)
+        yield {"sweep_dir": sweep_dir, "proc": proc, "returned_after": returned_after, "at_return": at_return,
+               "final": final, "mine": mine}
+    finally:
+        for job in mine:
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+def test_the_sweep_is_one_array_queued_before_any_member_ran(grid):
+    at_return = grid["at_return"]
+    assert grid["returned_after"] < 10, f"zerorun -m took {grid['returned_after']:.1f} s to return"
+    assert len(at_return.submissions) == 1, "one sbatch call"
+    sub = at_return.submissions[0]
+    assert sub.state == sweep_record.SUBMITTED and sub.members == [0, 1, 2, 3, 4, 5]
+    assert not any(m.state == "COMPLETED" for m in at_return.members), "returned before the members finished"
+    script = (grid["sweep_dir"] / sub.script).read_text()
+    assert "#SBATCH --array=0-5%1" in script and "#SBATCH --nodes=2" in script
+    assert "queued in" in grid["proc"].stdout and sub.array_job_id in grid["proc"].stdout
+
+
+def test_the_record_holds_every_member_with_its_overrides_state_and_metrics(grid):
+    record = sweep_record.load(grid["sweep_dir"])  # what the fixture's refresh saved is on disk too
+    assert record.params == ["trainer.max_steps", "scheduler.warmup_steps"]
+    assert [m.overrides for m in record.members] == [
+        [f"trainer.max_steps={s}", f"scheduler.warmup_steps={w}"] for s in (40, 80) for w in (2, 4, 50)]
+    final = grid["final"]
+    states = {m.num: m.state for m in final.members}
+    assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "FAILED", 3: "COMPLETED", 4: "COMPLETED", 5: "CANCELLED"}
+    for m in final.members:
+        if m.state == "COMPLETED":
+            assert m.metrics and m.metrics["global_step"] == m.params["trainer.max_steps"]
+            assert "val_loss" in m.metrics and m.checkpoint and m.step == m.params["trainer.max_steps"]
+    assert final.members[FAILING].metrics is None
+
+
+def test_status_says_failed_for_the_failing_member_only(grid):
+    proc = zerorun("status", str(grid["sweep_dir"]))
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()
+            if line.split() and line.split()[0].isdigit() and "trainer.max_steps=" in line}
+    assert sorted(rows) == ["0", "1", "2", "3", "4", "5"]
+    assert [n for n, row in rows.items() if " FAILED " in row] == ["2"]
+    assert "warm-up of 50 steps does not fit in trainer.max_steps=40" in rows["2"]
+    assert " CANCELLED " in rows["5"] and " COMPLETED " in rows["3"]
+    assert "best so far (min val_loss): member" in proc.stdout
+
+
+def test_the_preempted_task_alone_was_requeued_and_resumed_from_its_checkpoint(grid):
+    final = grid["final"]
+    preempted = final.members[PREEMPTED]
+    assert preempted.state == "COMPLETED" and preempted.attempts == 2, preempted
+    starts = [json.loads(line) for line in (grid["sweep_dir"] / "3" / "attempts.jsonl").read_text().splitlines()
+              if '"start"' in line]
+    assert starts[0]["resumed_from_step"] is None and starts[1]["resumed_from_step"] > 0
+    assert starts[1]["restart_count"] >= 1, "the same array task, run again by Slurm"
+    assert preempted.metrics["global_step"] == 80
+    others = {m.num: m.attempts for m in final.members if m.num != PREEMPTED}
+    assert others == {0: 1, 1: 1, 2: 1, 4: 1, 5: 1}, "no other member was requeued (unless a concurrent test did)"
+
+
+def test_the_report_has_one_point_per_member_with_a_metric(grid):
+    proc = zerorun("report", str(grid["sweep_dir"]))
+    assert proc.returncode == 0, proc.stderr
+    png = grid["sweep_dir"] / "report.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    data = json.loads((grid["sweep_dir"] / "report.json").read_text())
+    completed = sorted(m.num for m in grid["final"].members if m.state == "COMPLETED")
+    for key in ("trainer.max_steps", "scheduler.warmup_steps"):
+        points = data["points"][key]
+        assert sorted(p["member"] for p in points) == completed, key
+        members = {m.num: m for m in grid["final"].members}
+        assert all(p["value"] == members[p["member"]].params[key] for p in points)
+        assert all(p["metric"] == members[p["member"]].metrics["val_loss"] for p in points)
+    assert set(data["curves"]) >= {str(n) for n in completed}, "a loss curve per member that trained"
+    assert len(data["curves"]["4"]) >= 80 // 5 - 1, "train_loss about every 5 steps"
+    best = data["best"][0]
+    assert best["metric"] == min(p["metric"] for p in data["points"]["trainer.max_steps"])
+    assert f"1. member {best['member']}" in proc.stdout
+
+
+def test_resubmit_failed_runs_just_the_failed_and_cancelled_members_and_they_resume(grid):
+    sweep_dir = grid["sweep_dir"]
+    before = sweep_record.load(sweep_dir)
+    ckpt5 = before.members[CANCELLED].checkpoint
+    assert ckpt5, "the cancelled member stopped with a checkpoint"
+    proc = zerorun("resubmit", str(sweep_dir), "--failed")
+    assert proc.returncode == 0, proc.stderr
+    record = sweep_record.load(sweep_dir)
+    assert len(record.submissions) == 2 and record.submissions[1].members == [FAILING, CANCELLED]
+    array_job = record.submissions[1].array_job_id
+    grid["mine"].append(array_job)
+    assert "#SBATCH --array=0-1%1" in (sweep_dir / record.submissions[1].script).read_text()
+    final = wait_all_final(sweep_dir, [FAILING, CANCELLED], timeout=240)
+    assert tasks_of(array_job) == [f"{array_job}_0", f"{array_job}_1"], "only those two ran again"
+    states = {m.num: m.state for m in final.members}
+    assert states[FAILING] == "FAILED", "the bad value fails again: resubmission does not change a member"
+    assert states[CANCELLED] == "COMPLETED"
+    starts = [json.loads(line) for line in (sweep_dir / "5" / "attempts.jsonl").read_text().splitlines()
+              if '"start"' in line]
+    assert starts[-1]["resumed_from_step"] == int(Path(ckpt5).name.split("-")[1]) > 0
+    for m in final.members:
+        if m.num not in (FAILING, CANCELLED):
+            assert len(m.tasks) == 1, f"member {m.num} was not resubmitted"
+
+
+# ---- crashes of the submitter, simulated -------------------------------------------------------------------
+
+def held_sweep(runs: Path, sweep_id: str, crash: str | None, *more: str) -> subprocess.CompletedProcess:
+    """A 2-member sweep whose array is held (it never runs: these tests count jobs, not results)."""
+    env = {sweep_record.CRASH_ENV: crash} if crash else {}
+    return zerorun("-m", *NODES2, *TINY, f"cluster.runs_dir={runs}", f"sweep.id={sweep_id}",
+                   "+cluster.sbatch_extra.hold=true", "trainer.max_steps=5", "seed=1,2", *more, env=env)
+
+
+@pytest.mark.parametrize("moment", ["after-record", "after-sbatch"])
+def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_member(slurm_cluster, tmp_path,
+                                                                                   moment):
+    runs = tmp_path / "runs"
+    sweep_id = f"crash-{moment}-{os.getpid()}"
+    crashed = held_sweep(runs, sweep_id, moment)
+    assert crashed.returncode == sweep_record.CRASH_EXIT, crashed.stderr
+    sweep_dir = sweep_dir_of(runs)
+    record = sweep_record.load(sweep_dir)
+    sub = record.submissions[0]
+    assert sub.state == sweep_record.SUBMITTING and sub.array_job_id is None, "the record never heard of sbatch"
+    queued = my_jobs_named(sub.job_name)
+    try:
+        assert len(queued) == (1 if moment == "after-sbatch" else 0)
+        again = held_sweep(runs, sweep_id, None)
+        assert again.returncode == 0, again.stderr
+        if moment == "after-sbatch":
+            assert "already queued" in again.stderr and "adopted" in again.stderr
+            assert "(found by name)" in again.stdout
+        else:
+            assert "(sbatch)" in again.stdout, "the interrupted submission is made now, once"
+        record = sweep_record.load(sweep_dir)
+        assert [s.state for s in record.submissions] == [sweep_record.SUBMITTED]
+        queued = my_jobs_named(sub.job_name)
+        assert queued == [record.submissions[0].array_job_id], "exactly one array for the sweep"
+        assert tasks_of(queued[0]) == [f"{queued[0]}_0", f"{queued[0]}_1"], "exactly one job per member"
+        third = held_sweep(runs, sweep_id, None)
+        assert third.returncode == 0 and "nothing else submitted" in third.stdout
+        asked = held_sweep(runs, sweep_id, None, "sweep.resubmit=failed")
+        assert asked.returncode == 0 and "nothing resubmitted" in asked.stdout, "held members have not failed"
+        assert my_jobs_named(sub.job_name) == queued
+        cancelled = zerorun("cancel", str(sweep_dir))
+        assert cancelled.returncode == 0 and f"cancel requested for array {queued[0]}" in cancelled.stdout
+        record = wait_for("both members cancelled", lambda: (r := refreshed(sweep_dir)) and
+                          all(m.state == "CANCELLED" for m in r.members) and r, timeout=30)
+        assert [m.state for m in record.members] == ["CANCELLED", "CANCELLED"]
+    finally:
+        for job in my_jobs_named(sub.job_name):
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+# ---- dry run and bad input against the cluster -----------------------------------------------------------
+
+def test_dry_run_asks_sbatch_test_only_and_submits_nothing(slurm_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    proc = zerorun("-m", *NODES2, *TINY, f"cluster.runs_dir={runs}", "trainer.max_steps=5", "seed=1,2,3",
+                   "dry_run=true")
+    assert proc.returncode == 0, proc.stderr
+    assert "sbatch --test-only: sbatch: Job" in proc.stdout and "preflight: ok" in proc.stdout
+    assert not list(runs.glob("*/sweep-*/sweep.json")), "no record, nothing submitted"
+
+
+def test_a_sweep_larger_than_the_cluster_allows_is_refused_with_its_limit(slurm_cluster, tmp_path):
+    proc = zerorun("-m", *NODES2, f"cluster.runs_dir={tmp_path}", "seed=range(0,10001)")
+    assert proc.returncode == 2
+    assert "10001 members (10 arrays of at most MaxArraySize=1001)" in proc.stderr
+    assert "MaxJobCount=10000, from scontrol show config" in proc.stderr
+    assert not any(tmp_path.iterdir()), "nothing written"
