@@ -99,6 +99,25 @@ def _print_table(rows: list[render.RankRow], out: TextIO, full_path: Path) -> No
         out.write(f"({len(rows) - len(shown)} more ranks not shown; all {len(rows)} in {full_path})\n")
 
 
+def ask_test_only(folder: str, script: Optional[str], facts: Any, out: TextIO, what: str) -> list[str]:
+    """Ask `sbatch --test-only` about a rendered script where the cluster answers; print its answer and return the
+    problem it names (if it refuses)."""
+    if facts is not None and not facts.answered:
+        out.write(f"sbatch --test-only: not asked (the cluster did not answer: {facts.error})\n")
+        return []
+    if not shutil.which("sbatch"):
+        out.write("sbatch --test-only: not asked (sbatch is not on PATH)\n")
+        return []
+    from cluster import slurm
+
+    try:
+        ok, answer = slurm.test_only(folder, script) if script else slurm.test_only(folder)
+    except slurm.SlurmError as e:
+        ok, answer = False, str(e)
+    out.write(f"sbatch --test-only: {answer}\n")
+    return [] if ok else [f"sbatch --test-only refused the {what}: {answer}"]
+
+
 def dry_run(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Optional[TextIO] = None,
             command: Optional[Sequence[str]] = None, facts: Optional[preflight.ClusterFacts] = None) -> int:
     """Write and print what would be submitted; 0 when it could be, 2 when the preflight or Slurm says no."""
@@ -128,20 +147,7 @@ def dry_run(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Optio
     for note in check.notes:
         out.write(f"preflight note: {note}\n")
     if plan.backend == "slurm" and not problems:
-        if facts is not None and not facts.answered:
-            out.write("sbatch --test-only: not asked (the cluster did not answer sinfo)\n")
-        elif shutil.which("sbatch"):
-            from cluster import slurm
-
-            try:
-                ok, answer = slurm.test_only(str(run_dir))
-            except slurm.SlurmError as e:
-                ok, answer = False, str(e)
-            out.write(f"sbatch --test-only: {answer}\n")
-            if not ok:
-                problems.append(f"sbatch --test-only refused the script: {answer}")
-        else:
-            out.write("sbatch --test-only: not asked (sbatch is not on PATH)\n")
+        problems += ask_test_only(str(run_dir), None, facts, out, "script")
     if problems:
         out.flush()
         return _report(problems, err)

@@ -247,22 +247,9 @@ def dry_run(built: Any, out: TextIO, err: TextIO, *, facts: Any = None, limits: 
     for note in notes:
         out.write(f"preflight note: {note}\n")
     if not problems:
-        import shutil
+        from cluster.dryrun import ask_test_only
 
-        if facts is not None and not facts.answered:
-            out.write(f"sbatch --test-only: not asked (the cluster did not answer: {facts.error})\n")
-        elif shutil.which("sbatch"):
-            from cluster import slurm
-
-            try:
-                ok, answer = slurm.test_only(files_dir, splan.arrays[0].script)
-            except slurm.SlurmError as e:
-                ok, answer = False, str(e)
-            out.write(f"sbatch --test-only: {answer}\n")
-            if not ok:
-                problems.append(f"sbatch --test-only refused the array script: {answer}")
-        else:
-            out.write("sbatch --test-only: not asked (sbatch is not on PATH)\n")
+        problems += ask_test_only(files_dir, splan.arrays[0].script, facts, out, "array script")
     if problems:
         out.flush()
         return _problems(problems, err, "the sweep cannot be submitted")

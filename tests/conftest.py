@@ -69,6 +69,19 @@ def compose(tmp_path: Path) -> Callable[..., "DictConfig"]:  # noqa: F821
     return _compose
 
 
+def wait_until(what: str, predicate: Callable[[], object], timeout: float, poll: float = 0.1) -> object:
+    """Poll until predicate() is truthy and return its value; fail the test naming `what` after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(poll)
+    raise AssertionError(f"waited {timeout:.0f} s for {what}")
+
+
 def read_rank_reports(run_dir: str | Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(Path(run_dir, "ranks").glob("rank-*.json"))]
 

@@ -22,7 +22,7 @@ import pytest
 
 from cluster import slurm
 from cluster.requeue import EXIT_RESUMABLE
-from conftest import REPO, only_run_dir, read_csv_metric, read_rank_reports
+from conftest import REPO, only_run_dir, read_csv_metric, read_rank_reports, wait_until
 from jobs import attempts, verbs
 
 pytestmark = pytest.mark.slurm
@@ -56,16 +56,6 @@ def resume(compose: Callable, run_dir: Path, *overrides: str) -> str:
 
     assert launch(compose(f"resume={run_dir}", runs_dir=run_dir.parent.parent), list(overrides)) == 0
     return read_record(run_dir).job_id
-
-
-def wait_until(what: str, predicate: Callable[[], object], timeout: float, poll: float = 0.1) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(poll)
-    raise AssertionError(f"waited {timeout:.0f} s for {what}")
 
 
 def events(run_dir: Path, name: str) -> list[dict]:

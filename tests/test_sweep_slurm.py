@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from cluster import slurm
-from conftest import REPO
+from conftest import REPO, wait_until
 from jobs import sweep as sweeps
 from jobs import sweep_record
 
@@ -60,16 +60,6 @@ def refreshed(sweep_dir: Path) -> sweep_record.SweepRecord:
     return record
 
 
-def wait_for(what: str, check, timeout: float, poll: float = 0.2):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def started(run_dir: Path) -> bool:
     events = run_dir / "attempts.jsonl"
     return events.exists() and '"event": "start"' in events.read_text()
@@ -88,7 +78,7 @@ def wait_all_final(sweep_dir: Path, members: list[int] | None = None, timeout: f
         seen_final[0] = 0
         return None
 
-    return wait_for("every member to finish", check, timeout, poll=2.0)
+    return wait_until("every member to finish", check, timeout, poll=2.0)
 
 
 def my_jobs_named(name: str) -> list[str]:
@@ -118,7 +108,7 @@ def grid(slurm_cluster, tmp_path_factory):
     try:
         # preempt member 3 while it trains: a job in the high partition that takes both nodes whole
         run3 = sweep_dir / str(PREEMPTED)
-        wait_for("member 3 to start training", lambda: started(run3), timeout=240)
+        wait_until("member 3 to start training", lambda: started(run3), timeout=240)
         high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "--mem=100M",
                                "-t", "2", "-J", "zr-sweep-test-preemptor", "-o", "/dev/null", "--wrap", "sleep 4"],
                               capture_output=True, text=True, timeout=30)
@@ -126,7 +116,7 @@ def grid(slurm_cluster, tmp_path_factory):
         mine.append(high.stdout.strip().split(";")[0])
         # cancel member 5 while it trains: CANCELLED, with the checkpoint of its stop
         run5 = sweep_dir / str(CANCELLED)
-        wait_for("member 5 to start training", lambda: started(run5), timeout=240)
+        wait_until("member 5 to start training", lambda: started(run5), timeout=240)
         job5 = at_return.job_of(at_return.members[CANCELLED])
         subprocess.run(["scancel", job5], check=True, timeout=30)
         final = wait_all_final(sweep_dir)
@@ -276,7 +266,7 @@ def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_me
         assert my_jobs_named(sub.job_name) == queued
         cancelled = zerorun("cancel", str(sweep_dir))
         assert cancelled.returncode == 0 and f"cancel requested for array {queued[0]}" in cancelled.stdout
-        record = wait_for("both members cancelled", lambda: (r := refreshed(sweep_dir)) and
+        record = wait_until("both members cancelled", lambda: (r := refreshed(sweep_dir)) and
                           all(m.state == "CANCELLED" for m in r.members) and r, timeout=30)
         assert [m.state for m in record.members] == ["CANCELLED", "CANCELLED"]
     finally:
