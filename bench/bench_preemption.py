@@ -39,7 +39,7 @@ SLURM = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.partition=debug", 
 
 
 def events(run_dir: Path) -> list[dict[str, Any]]:
-    from jobs import attempts
+    from trainer_core import attempts
 
     return attempts.read(run_dir)
 
@@ -110,7 +110,7 @@ def _batch_starts(job: str) -> list[float]:
 
 
 def _per_stop(evs: list[dict[str, Any]], triggers: list[tuple[str, float]], batch_starts: list[float]) -> list[dict]:
-    from jobs import attempts
+    from trainer_core import attempts
 
     runs = attempts.attempts(evs)
     signals = [e for e in evs if e["event"] == "signal"]

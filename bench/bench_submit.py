@@ -56,7 +56,7 @@ def import_time(module: str) -> float:
 def bench_cli(repeat: int, runs: Path) -> None:
     print(f"import jobs.cli            {import_time('jobs.cli'):.3f} s")
     print(f"import jobs.app (hydra)    {import_time('jobs.app'):.3f} s")
-    print(f"import cluster.dryrun      {import_time('cluster.dryrun'):.3f} s")
+    print(f"import jobs.dryrun      {import_time('jobs.dryrun'):.3f} s")
     t, _ = wall([PY, "train.py", "--help"], repeat)
     print(f"zerorun --help             {t:.3f} s wall (median of {repeat})")
     hydra_help = "import sys; sys.argv=['zerorun','--help']; from jobs.app import hydra_main; hydra_main()"
@@ -74,7 +74,7 @@ def bench_big_dry_run(runs: Path) -> None:
     from hydra import compose, initialize_config_module
 
     from cluster import preflight
-    from cluster.dryrun import dry_run
+    from jobs.dryrun import dry_run
     from cluster.plan import make_plan
     from configs.schema import register
     from jobs.app import finalize
@@ -102,7 +102,7 @@ def bench_submit(repeat: int, runs: Path) -> list[str]:
     from hydra import compose, initialize_config_module
 
     from cluster.plan import make_plan, read_setup_file
-    from cluster.submit import submit
+    from jobs.submit import submit
     from configs.schema import register
     from jobs import snapshot
     from jobs.app import finalize

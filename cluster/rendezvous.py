@@ -9,8 +9,9 @@ rank code has one path. Pure: no process, file or network access.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Mapping, Optional
+
+from trainer_core.contract import Rendezvous, single_process  # noqa: F401  (the contract this derives)
 
 # fact -> the Slurm variable that carries it
 SLURM_ENV: Mapping[str, str] = {
@@ -25,6 +26,7 @@ SLURM_ENV: Mapping[str, str] = {
     "nodelist": "SLURM_JOB_NODELIST",
     "cpus_per_task": "SLURM_CPUS_PER_TASK",
     "restart_count": "SLURM_RESTART_COUNT",
+    "node_name": "SLURMD_NODENAME",
 }
 
 # Set by the submitter (or the user) to pin the rendezvous port instead of deriving it from the job id.
@@ -38,31 +40,6 @@ PORT_SPAN = 12000
 
 class RendezvousError(ValueError):
     """The environment does not describe the job that was planned."""
-
-
-@dataclass(frozen=True)
-class Rendezvous:
-    master_addr: str
-    master_port: int
-    world_size: int
-    rank: int
-    local_rank: int
-    node_rank: int
-    num_nodes: int
-    tasks_per_node: int
-    job_id: str
-
-    def env(self) -> dict[str, str]:
-        """The torch.distributed variables for this rank."""
-        return {
-            "MASTER_ADDR": self.master_addr,
-            "MASTER_PORT": str(self.master_port),
-            "WORLD_SIZE": str(self.world_size),
-            "RANK": str(self.rank),
-            "LOCAL_RANK": str(self.local_rank),
-            "NODE_RANK": str(self.node_rank),
-            "LOCAL_WORLD_SIZE": str(self.tasks_per_node),
-        }
 
 
 def first_host(nodelist: str) -> str:
@@ -150,12 +127,9 @@ def derive(environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Re
         num_nodes=num_nodes,
         tasks_per_node=tasks_per_node,
         job_id=job_id,
+        restart_count=restart_count(environ),
+        node=environ.get(SLURM_ENV["node_name"], ""),
     )
-
-
-def single_process(port: int, job_id: str = "0") -> Rendezvous:
-    """The rendezvous of a run in the launching process itself (one rank, this machine)."""
-    return Rendezvous("127.0.0.1", port, 1, 0, 0, 0, 1, 1, job_id)
 
 
 def restart_count(environ: Mapping[str, str]) -> int:

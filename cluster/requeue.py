@@ -2,8 +2,8 @@
 
 The decision is a pure function of what happened (the cause of the stop, how many times the run was already
 requeued for it, whether a checkpoint was written); the side effects are two small functions (read the job's
-clock, requeue the job). A rank never decides with Slurm state it cannot see: the cause comes from the signal
-and the job's own record.
+clock, requeue the job). Both run on the batch host, after the ranks have exited resumable (jobs/host.py):
+the ranks know no scheduler, and inside a container there is usually no scontrol to call.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from cluster.rendezvous import SLURM_ENV
+from trainer_core.contract import EXIT_RESUMABLE
 
-# Exit status of a rank 0 that checkpointed and stopped before the end without requeueing the job (no scontrol
-# on the node, scontrol failed, or the requeue limit is used up): the run is resumable by hand with
-# resume=RUN_DIR. 75 is EX_TEMPFAIL.
-EXIT_RESUMABLE = 75
+__all__ = ["EXIT_RESUMABLE", "Decision", "JobClock", "decide", "stop_cause", "job_to_requeue", "job_clock",
+           "scontrol_requeue", "parse_job_clock"]
 
 # A signal this many seconds (or fewer) before the planned time-limit signal is the time limit. Slurm checks
 # its timers coarsely ("the signal may be sent up to 60 seconds earlier than specified", sbatch(1)).
@@ -34,7 +33,7 @@ CAUSES = ("preemption", "timeout", "terminated")
 class Decision:
     requeue: bool
     reason: str
-    # the exit status of rank 0: 0 when the job is requeued (or the run was local), EXIT_RESUMABLE otherwise
+    # the job's exit status: 0 when it is requeued, EXIT_RESUMABLE when it waits for resume=RUN_DIR
     exit_code: int
 
 
@@ -68,13 +67,14 @@ def stop_cause(signal_name: str, configured_signal: str, now: float, clock: Opti
     return "timeout" if remaining <= signal_delay_s + TIMEOUT_TOLERANCE_S else "preemption"
 
 
-def decide(cause: str, *, backend: str, checkpointed: bool, timeouts_so_far: int, max_timeouts: int,
-           preemptions_so_far: int, max_preemptions: Optional[int]) -> Decision:
-    """Requeue, or why not."""
+def decide(cause: str, *, checkpointed: bool, timeouts_so_far: int, max_timeouts: int,
+           preemptions_so_far: int, max_preemptions: Optional[int], no_requeue: Optional[str] = None) -> Decision:
+    """Requeue, or why not. `no_requeue` says why this job cannot be requeued at all (a local run, or
+    cluster.requeue=false); the run then waits for resume=RUN_DIR."""
     if cause not in CAUSES:
         raise ValueError(f"unknown stop cause {cause!r}; one of {', '.join(CAUSES)}")
-    if backend != "slurm":
-        return Decision(False, f"{backend} run: nothing to requeue; continue it with resume=RUN_DIR", 0)
+    if no_requeue and checkpointed:
+        return Decision(False, f"{no_requeue}; continue it with resume=RUN_DIR", EXIT_RESUMABLE)
     if not checkpointed:
         return Decision(False, "no checkpoint was written, a rerun would start over; not requeued", 1)
     if cause == "terminated":

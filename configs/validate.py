@@ -14,7 +14,7 @@ ZERO_STAGES = (2,)
 LOGGERS = ("tensorboard", "csv")
 BACKENDS = ("local", "slurm")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
-# signals Slurm may send as the job's own (--signal); zerorun records it and TERM/INT (jobs/signals.py). Not HUP:
+# signals Slurm may send as the job's own (--signal); zerorun records it and TERM/INT (trainer_core/signals.py). Not HUP:
 # ninja resets it to the default for the compilers it starts, so it would kill an op build at start-up.
 JOB_SIGNALS = ("USR2", "URG", "ALRM", "PWR", "XCPU", "VTALRM")
 

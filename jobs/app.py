@@ -45,14 +45,14 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
     if cfg.dry_run:
-        from cluster.dryrun import dry_run
+        from jobs.dryrun import dry_run
 
         return dry_run(cfg, plan)
     if plan.backend == "local":
         runs.save_config(cfg, plan.run_dir)
         return _run_local(plan)
     # submit writes the run folder itself, once the preflight has passed
-    from cluster.submit import submit
+    from jobs.submit import submit
 
     return submit(cfg, plan)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from jobs.signals import StopSignals
+from trainer_core.signals import StopSignals
 
 # First thing, before the config is read: a stop asked for during start-up is kept, not fatal.
 _SIGNALS = StopSignals(os.environ.get("ZERORUN_SIGNAL", "USR2"))

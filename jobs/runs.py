@@ -65,19 +65,11 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def model_config(cfg: Any) -> dict[str, Any]:
-    """What configures the model a checkpoint holds: the task and the backbone group (a resume compares it)."""
-    backbone = cfg.backbone
-    if isinstance(backbone, DictConfig):
-        backbone = OmegaConf.to_container(backbone, resolve=True)
-    return {"task": str(cfg.task.name), "backbone": backbone}
-
-
 def check_resumable(cfg: DictConfig) -> None:
     """Refuse resume=RUN_DIR before anything is written when the folder holds no checkpoint this config can
     load: none at all, a `latest` that names no complete checkpoint, or one written for another model,
     strategy or number of ZeRO ranks. The message names what was found."""
-    from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore
+    from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config
 
     store = CheckpointStore(cfg.run_dir)
     latest = store.latest()  # CheckpointError names a corrupt pointer

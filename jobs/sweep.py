@@ -98,7 +98,7 @@ def _local_problems(built: Any) -> list[str]:
     from cluster.slurm import ClusterLimits
 
     unlimited = ClusterLimits(sys.maxsize, sys.maxsize, "cluster=local")
-    from cluster.dryrun import refuse_secrets
+    from jobs.dryrun import refuse_secrets
 
     problems = sweep_plan.sweep_problems(len(built.members), built.parallelism, unlimited)
     problems += refuse_secrets(_texts(built))
@@ -117,7 +117,7 @@ def _plan(config_views: Sequence[Any], nums: Sequence[int], run_dirs: Mapping[in
     asked here (sinfo, scontrol show config) unless `facts` and `limits` are given. `texts` (a member's config,
     the overrides) are checked for secrets with the files."""
     from cluster import preflight, quoting, render, slurm, sweep_plan
-    from cluster.dryrun import context, refuse_secrets
+    from jobs.dryrun import context, refuse_secrets
     from cluster.plan import SetupFileError, make_plan, read_setup_file
 
     problems: list[str] = []
@@ -247,7 +247,7 @@ def dry_run(built: Any, out: TextIO, err: TextIO, *, facts: Any = None, limits: 
     for note in notes:
         out.write(f"preflight note: {note}\n")
     if not problems:
-        from cluster.dryrun import ask_test_only
+        from jobs.dryrun import ask_test_only
 
         problems += ask_test_only(files_dir, splan.arrays[0].script, facts, out, "array script")
     if problems:
@@ -283,7 +283,7 @@ def _start(built: Any, *, write_record: bool) -> SweepRecord:
 
 
 def _command() -> tuple[str, ...]:
-    from cluster.dryrun import invocation
+    from jobs.dryrun import invocation
 
     return invocation()
 
@@ -470,7 +470,7 @@ def run_local(record: SweepRecord, nums: Sequence[int], out: TextIO, err: TextIO
 
 def _read_member(m: sweep_record.Member) -> None:
     """What the member's run folder says: final metrics, latest checkpoint, attempts, step."""
-    from jobs import attempts
+    from trainer_core import attempts
 
     run_dir = Path(m.run_dir)
     try:

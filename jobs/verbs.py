@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
 from cluster import render
-from jobs import attempts, snapshot
+from jobs import snapshot
+from trainer_core import attempts
 
 FOLLOW_POLL_S = 0.5
 STATE_POLL_S = 2.0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from cluster import preflight, render
-from cluster.dryrun import RANKS_NAME, dry_run
+from jobs.dryrun import RANKS_NAME, dry_run
 from conftest import REPO, only_run_dir
 
 HEAVY = ("torch", "lightning", "pytorch_lightning", "deepspeed", "transformers", "datasets")

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, read_csv_metric, read_rank_reports
-from jobs import attempts
+from trainer_core import attempts
 
 STEPS = 30
 COMMON = (

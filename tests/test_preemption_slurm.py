@@ -23,7 +23,8 @@ import pytest
 from cluster import slurm
 from cluster.requeue import EXIT_RESUMABLE
 from conftest import REPO, only_run_dir, read_csv_metric, read_rank_reports, wait_until
-from jobs import attempts, verbs
+from jobs import verbs
+from trainer_core import attempts
 
 pytestmark = pytest.mark.slurm
 

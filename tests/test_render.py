@@ -98,7 +98,7 @@ def test_script_shape(compose):
 def test_header_names_the_installed_version():
     from importlib.metadata import version
 
-    from cluster.dryrun import context, invocation
+    from jobs.dryrun import context, invocation
 
     assert context().version == version("zerorun")
     assert invocation(["/x/bin/zerorun", "a=1"]) == ("zerorun", "a=1")

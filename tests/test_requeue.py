@@ -9,14 +9,14 @@ import pytest
 
 from cluster.requeue import (EXIT_RESUMABLE, TIMEOUT_TOLERANCE_S, JobClock, decide, job_to_requeue,
                              parse_job_clock, stop_cause)
-from jobs import attempts
+from trainer_core import attempts
 
 NOW = 1_000_000.0
 DELAY = 120
 
 
 def _decide(cause: str, **kw):
-    args = dict(backend="slurm", checkpointed=True, timeouts_so_far=0, max_timeouts=3, preemptions_so_far=0,
+    args = dict(checkpointed=True, timeouts_so_far=0, max_timeouts=3, preemptions_so_far=0,
                 max_preemptions=None)
     args.update(kw)
     return decide(cause, **args)
@@ -64,10 +64,12 @@ def test_terminated_is_not_requeued_but_resumable():
     assert not d.requeue and d.exit_code == EXIT_RESUMABLE and "terminated" in d.reason
 
 
-def test_local_backend_never_requeues_and_exits_cleanly():
+def test_a_job_that_cannot_be_requeued_stays_resumable_and_says_why():
+    # a local run, or cluster.requeue=false: never requeued, and the exit status says "resumable", not "done"
     for cause in ("preemption", "timeout", "terminated"):
-        d = _decide(cause, backend="local")
-        assert not d.requeue and d.exit_code == 0 and "resume=RUN_DIR" in d.reason
+        d = _decide(cause, no_requeue="cluster.requeue=false")
+        assert not d.requeue and d.exit_code == EXIT_RESUMABLE
+        assert d.reason == "cluster.requeue=false; continue it with resume=RUN_DIR"
 
 
 def test_unknown_cause_is_an_error_naming_the_valid_ones():

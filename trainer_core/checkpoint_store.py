@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from trainer_core.durable import write_atomic
+
 STEP_DIR = re.compile(r"^step-(\d{8})$")
 POINTER = "latest"
 META = "meta.json"
@@ -42,7 +44,7 @@ class CheckpointMeta:
     world_size: int
     # the built model's class and parameter count ("T5ForConditionalGeneration/123456")
     model: str
-    # what configures the model (task name and backbone group), as jobs.runs.model_config gives it; {} if unknown
+    # what configures the model (task name and backbone group), as model_config gives it; {} if unknown
     model_config: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -82,13 +84,18 @@ def _differences(a: Any, b: Any, path: str = "") -> list[str]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write a small file so that readers see the old or the new content, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write a small file so that readers see the old or the new content, never a mix (trainer_core.durable)."""
+    write_atomic(path, text)
+
+
+def model_config(cfg: Any) -> dict[str, Any]:
+    """What configures the model a checkpoint holds: the task and the backbone group (a resume compares it)."""
+    from omegaconf import DictConfig, OmegaConf
+
+    backbone = cfg.backbone
+    if isinstance(backbone, DictConfig):
+        backbone = OmegaConf.to_container(backbone, resolve=True)
+    return {"task": str(cfg.task.name), "backbone": backbone}
 
 
 class CheckpointStore:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from jobs import attempts
+from trainer_core import attempts
 from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, write_text_atomic
 
 __all__ = ["AtomicCheckpoint", "CheckpointError", "CheckpointMeta", "CheckpointStore", "between_epochs",

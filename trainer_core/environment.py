@@ -11,7 +11,7 @@ import logging
 
 from pytorch_lightning.plugins.environments import ClusterEnvironment
 
-from cluster.rendezvous import Rendezvous
+from trainer_core.contract import Rendezvous
 
 log = logging.getLogger(__name__)
 

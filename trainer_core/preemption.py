@@ -1,14 +1,15 @@
 """One owner of the stop signals, a stop at a step boundary on every rank together, and exact resume state.
 
 - The handler for the job's signal (cluster.signal, USR2 by default), SIGTERM and SIGINT only records that a
-  stop was asked for (jobs/signals.py). It is installed when training starts, replacing whatever Lightning (or
+  stop was asked for (trainer_core/signals.py). It is installed when training starts, replacing whatever Lightning (or
   anything else) put there, and put back at a step boundary if anything replaces it later.
 - After every optimizer step the ranks agree, with one small all-reduce, whether any of them was asked to stop,
   so all stop after the same step, save one checkpoint together, and no rank waits alone in a collective.
   A stop on an epoch's last batch is saved at the epoch's end (see checkpointing.between_epochs).
-- Rank 0 reads why (cluster.requeue.stop_cause: preemption, time limit, terminated), the ranks leave `fit`
-  without the validation Lightning would start on a stop, and once every rank is done (`finish`), rank 0
-  requeues the exact job (or says why not) as the rank's last act: Slurm ends the job's processes right after.
+- The ranks leave `fit` without the validation Lightning would start on a stop, meet once more (`finish`) and
+  exit with the resumable status (trainer_core.contract.EXIT_RESUMABLE). Why the stop came (preemption, time
+  limit, scancel) and whether the job goes back into the queue is not the ranks' business: the job script asks
+  the scheduler on the batch host once every rank has exited (jobs/host.py).
 - Every rank's torch, numpy and python RNG states go into the checkpoint (gathered to the rank that writes)
   and each rank gets its own back when training starts again.
 """
@@ -16,9 +17,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import random
-import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -27,9 +26,9 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 
-from cluster import requeue
-from jobs import attempts
-from jobs.signals import OWNER, StopSignals
+from trainer_core import attempts
+from trainer_core.contract import EXIT_RESUMABLE
+from trainer_core.signals import OWNER, StopSignals
 from trainer_core.checkpointing import AtomicCheckpoint, on_last_batch
 
 log = logging.getLogger(__name__)
@@ -37,19 +36,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StopOutcome:
-    cause: str
+    # the signal that asked for the stop ("peer" on a rank that learned of it from another rank)
+    signal: str
     step: int
-    # set on rank 0 when the stop was decided (the requeue itself happens in `StopAtStepBoundary.finish`)
-    decision: Optional[requeue.Decision]
-    requeued: bool = False
-    reason: str = ""
-    exit_code: int = 0
+    exit_code: int = EXIT_RESUMABLE
 
 
 class StopAtStepBoundary(pl.Callback):
-    def __init__(self, cfg: Any, run_dir: str, checkpoint: AtomicCheckpoint, backend: str,
+    def __init__(self, cfg: Any, run_dir: str, checkpoint: AtomicCheckpoint,
                  signals: Optional[StopSignals] = None) -> None:
-        self.cfg, self.run_dir, self.checkpoint, self.backend = cfg, run_dir, checkpoint, backend
+        self.cfg, self.run_dir, self.checkpoint = cfg, run_dir, checkpoint
         self.signals = signals or StopSignals(cfg.cluster.signal)
         self.outcome: Optional[StopOutcome] = None
         # who handled each stop signal at the first step boundary (the rank report shows it)
@@ -102,69 +98,36 @@ class StopAtStepBoundary(pl.Callback):
     def _stop(self, trainer: pl.Trainer) -> None:
         step, zero = trainer.global_step, trainer.is_global_zero
         request = self.signals.requested
-        # Rank 0 reads the cause (one question to Slurm, not one per rank); every rank gets its reading.
-        cause = _broadcast_object(self._cause(request) if zero else None)
+        signal_name = request.signal_name if request else "peer"
         if zero:
-            attempts.append(self.run_dir, "signal", signal=request.signal_name if request else "peer", cause=cause,
+            # `at` is when the signal arrived: the batch host compares it with the job's clock (time limit or not)
+            attempts.append(self.run_dir, "signal", signal=signal_name, job_signal=self.signals.job_signal,
                             step=step, at=round(request.at, 3) if request else None)
         # Lightning validates when asked to stop (an early-stopping habit): that would delay the exit and log
         # a result at a step the resumed run logs again.
         trainer.limit_val_batches = 0
         self.checkpoint.save_once(trainer, "stop")
-        self.outcome = StopOutcome(cause, step, self._decide(cause) if zero else None)
+        self.outcome = StopOutcome(signal_name, step)
         trainer.should_stop = True
 
-    def _cause(self, request: Any) -> str:
-        name = request.signal_name if request else self.signals.job_signal
-        if self.backend != "slurm":
-            # no Slurm clock to read: the local launcher forwards the job's signal to rehearse a preemption
-            return "preemption" if name == self.signals.job_signal else "terminated"
-        clock = requeue.job_clock(requeue.job_to_requeue(os.environ))
-        return requeue.stop_cause(name, self.signals.job_signal, request.at if request else time.time(), clock,
-                                  self.cfg.cluster.signal_delay_s)
-
-    def _decide(self, cause: str) -> requeue.Decision:
-        counts = attempts.requeue_counts(attempts.read(self.run_dir))
-        return requeue.decide(
-            cause, backend=self.backend, checkpointed=True,
-            timeouts_so_far=counts["timeout"], max_timeouts=self.cfg.requeue.max_timeouts,
-            preemptions_so_far=counts["preemption"], max_preemptions=self.cfg.requeue.max_preemptions,
-        )
-
     def finish(self) -> Optional[StopOutcome]:
-        """After `fit` and the rank's reports, on every rank: wait for all ranks, then rank 0 requeues the job or
-        records why not. Slurm signals and ends the job's processes right after a requeue, so nothing may follow
-        but the exit. Returns the stop outcome (None when training was not stopped)."""
+        """After `fit` and the rank's reports, on every rank: wait for all ranks, so that none exits (and, under
+        srun --kill-on-bad-exit, ends the others) before every report is written. Returns the stop outcome (None
+        when training was not stopped); the rank then exits with its exit_code."""
         out = self.outcome
         if out is None:
             return None
         _barrier()
-        if out.decision is None:  # ranks other than 0
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
             return out
-        decision = out.decision
-        out.requeued, out.reason, out.exit_code = decision.requeue, decision.reason, decision.exit_code
-        if decision.requeue:
-            ok, what = requeue.scontrol_requeue(requeue.job_to_requeue(os.environ))
-            if not ok:
-                out.requeued, out.exit_code = False, requeue.EXIT_RESUMABLE
-                out.reason = f"{what}; the run is resumable with resume={self.run_dir}"
-        attempts.append(self.run_dir, "requeue", cause=out.cause, requeued=out.requeued, reason=out.reason,
-                        step=out.step, exit_code=out.exit_code)
-        print(f"zerorun: stopped at step {out.step} ({out.cause}): {out.reason}", flush=True)
+        print(f"zerorun: stopped at step {out.step} (signal {out.signal}): checkpointed; exiting resumable "
+              f"({out.exit_code})", flush=True)
         return out
 
 
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
-
-
-def _broadcast_object(obj: Any) -> Any:
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-    return obj
 
 
 class RNGStates(pl.Callback):

@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, Strategy
 from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-from cluster.rendezvous import Rendezvous
+from trainer_core.contract import Rendezvous
 from trainer_core.environment import ZerorunEnvironment
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,11 +19,10 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from cluster.rendezvous import Rendezvous, restart_count, single_process
-from jobs import attempts
-from jobs.runs import model_config
-from jobs.signals import StopSignals
-from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, write_text_atomic
+from trainer_core import attempts
+from trainer_core.signals import StopSignals
+from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config, write_text_atomic
+from trainer_core.contract import Rendezvous, single_process
 from trainer_core.checkpointing import AtomicCheckpoint
 from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
@@ -36,7 +34,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Outcome:
     metrics: dict[str, float]
-    # 0, or cluster.requeue.EXIT_RESUMABLE when a stop could not requeue the job
+    # 0, or trainer_core.contract.EXIT_RESUMABLE when training stopped early with a checkpoint
     exit_code: int
     # set when training stopped early on a signal (preemption, time limit) after saving a checkpoint
     stop: Optional[StopOutcome]
@@ -78,7 +76,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
                                      resumed_step=resume_from[1] if resume_from else None)
     if rendezvous.rank == 0:
         attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
-                        restart_count=restart_count(os.environ),
+                        restart_count=rendezvous.restart_count,
                         resumed_from_step=resume_from[1] if resume_from else None)
     trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
     if signals is not None:
@@ -96,7 +94,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
         if not stopped:
             write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
         attempts.append(run_dir, "end", status="stopped" if stopped else "completed", step=trainer.global_step)
-    # the last act: a requeue makes Slurm end this job's processes
+    # the job script on the batch host decides what follows a resumable exit (requeue, or why not)
     stop = stopper.finish()
     return Outcome(metrics, stop.exit_code if stop else 0, stop)
 
@@ -110,7 +108,7 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
                                   t.checkpoint.save_at_end)
     if resumed_step is not None:
         checkpoint.last_saved_step = resumed_step  # that step is on disk, whole
-    stopper = StopAtStepBoundary(cfg, str(run_dir), checkpoint, backend=_backend(), signals=signals)
+    stopper = StopAtStepBoundary(cfg, str(run_dir), checkpoint, signals=signals)
     trainer = pl.Trainer(
         accelerator=placement.accelerator,
         devices=placement.devices,
@@ -142,11 +140,6 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
     return trainer, stopper
 
 
-def _backend() -> str:
-    """Who started this rank: zerorun's local backend says so; otherwise a Slurm job id means Slurm."""
-    return os.environ.get("ZERORUN_BACKEND") or ("slurm" if "SLURM_JOB_ID" in os.environ else "local")
-
-
 def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str, float], model: torch.nn.Module,
                        signal_handlers: dict[str, str]) -> None:
     """What this rank saw, for `zerorun status` and for checking ranks agree: its place in the job, its last
@@ -158,7 +151,7 @@ def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str,
         digest.update(p.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
     report = {
         **asdict(rendezvous),
-        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "host": rendezvous.node or socket.gethostname(),
         "metrics": metrics,
         "weights_sha256": digest.hexdigest(),
         "signal_handlers": signal_handlers,

@@ -11,7 +11,7 @@ import time
 from typing import Any, Optional, Sequence, TextIO
 
 from cluster import preflight, quoting, render, slurm
-from cluster.dryrun import context, refuse_secrets, rendered_files, write_files
+from jobs.dryrun import context, refuse_secrets, rendered_files, write_files
 from cluster.plan import JobPlan
 from jobs.runs import CONFIG_NAME
 

@@ -1,0 +1,75 @@
+"""A run folder's layout: every name in it is defined here once, for the ranks that write it, the backends that
+render paths into it and the verbs that read it.
+
+    RUN_DIR/
+      config.yaml            the resolved config the ranks load (written at submission)
+      job.*                  the job's script as its backend renders it (cluster/backends/)
+      ranks.txt              the rank table (dry run and submission)
+      submission.json        what was submitted, when, as which job
+      snapshot/              the code state at submission (git, versions)
+      attempts.jsonl         one line per event of every attempt (trainer_core/attempts.py)
+      checkpoints/           step-NNNNNNNN/ folders and the `latest` pointer (trainer_core/checkpoint_store.py)
+      logs/                  one log per rank per job, and the batch script's own
+      ranks/rank-N.json      what each rank saw (place in the job, node, metrics, weights digest)
+      metrics.json           the final metrics (written once, by rank 0, when the run completes)
+      csv/ tensorboard/      the logger's files, one continuous run across attempts
+
+Pure: names and path arithmetic only.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+PathLike = Union[str, os.PathLike]
+
+CONFIG = "config.yaml"
+RANK_TABLE = "ranks.txt"
+SUBMISSION = "submission.json"
+SNAPSHOT = "snapshot"
+ATTEMPTS = "attempts.jsonl"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+RANK_REPORTS = "ranks"
+METRICS = "metrics.json"
+
+# A scheduler's file-name pattern expands %j (job id) and %t (task id = global rank); one file per rank.
+RANK_LOG_PATTERN = "%j_%t.out"
+# An array task's rank logs: %A the array job id, %a the array task id, %t the rank.
+ARRAY_RANK_LOG_PATTERN = "%A_%a_%t.out"
+# The batch script's own output (setup lines, srun's report, the requeue decision).
+BATCH_LOG_SUFFIX = "_batch.out"
+# The local backend's rank logs (no job id to name them by).
+LOCAL_RANK_LOG = "rank-{rank}.log"
+
+
+def path(run_dir: PathLike, *parts: str) -> Path:
+    return Path(run_dir, *parts)
+
+
+def rank_log(job_id: str, rank: int) -> str:
+    """A rank's log file, relative to the run folder (what RANK_LOG_PATTERN expands to)."""
+    return f"{LOGS}/{job_id}_{rank}.out"
+
+
+def batch_log(job_id: str) -> str:
+    return f"{LOGS}/{job_id}{BATCH_LOG_SUFFIX}"
+
+
+def array_rank_log(array_job_id: str, task_id: int, rank: int) -> str:
+    """An array task's rank log, relative to the sweep folder (ARRAY_RANK_LOG_PATTERN expanded)."""
+    return f"{LOGS}/{array_job_id}_{task_id}_{rank}.out"
+
+
+def array_batch_log(array_job_id: str, task_id: int) -> str:
+    return f"{LOGS}/{array_job_id}_{task_id}{BATCH_LOG_SUFFIX}"
+
+
+def local_rank_log(rank: int) -> str:
+    return f"{LOGS}/{LOCAL_RANK_LOG.format(rank=rank)}"
+
+
+def rank_report(rank: int) -> str:
+    return f"{RANK_REPORTS}/rank-{rank}.json"
