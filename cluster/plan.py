@@ -20,6 +20,8 @@ from cluster.rendezvous import PORT_OVERRIDE_ENV
 
 # The module each rank runs, with the run folder as its only argument.
 RANK_ENTRY = "jobs.rank"
+# The module the batch host runs once the ranks have exited (`after STATUS RUN_DIR`).
+HOST_ENTRY = "jobs.host"
 
 # Environment variables a Slurm job inherits from the submitting shell (sbatch --export=NAMES, never ALL):
 # what a Python job needs to find itself and its caches. Nothing here may carry a secret; a token reaches the
@@ -137,7 +139,6 @@ def make_plan(
         ("PYTHONUNBUFFERED", "1"),
         # read by the rank before anything else, to hold the stop signals from its first moment (jobs/rank.py)
         ("ZERORUN_SIGNAL", str(c.signal)),
-        ("ZERORUN_BACKEND", str(c.backend)),
     ]
     if c.master_port is not None:
         env.append((PORT_OVERRIDE_ENV, str(c.master_port)))

@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from cluster import quoting
 from cluster.plan import JobPlan
 
-SINFO_FORMAT = "%N|%P|%c|%m|%G"
+# node, partition (* marks the default), CPUs, memory (MB), GRES, node state, the partition's time limit
+SINFO_FORMAT = "%N|%P|%c|%m|%G|%T|%l"
+# node states in which a node takes no new job (sinfo's long names; a trailing * or ~ marks more detail)
+UNAVAILABLE_STATES = ("down", "drain", "draining", "drained", "fail", "failing", "future", "inval", "maint",
+                      "no_respond", "not_responding", "power_down", "powered_down", "powering_down", "reboot_issued",
+                      "unknown")
 PROBE_TIMEOUT_S = 10.0
 _MEM = re.compile(r"^(\d+)([KMGT]?)B?$", re.IGNORECASE)
 _MEM_UNIT_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -39,6 +43,10 @@ class ClusterFacts:
     partitions: dict[str, tuple[NodeFacts, ...]] = field(default_factory=dict)
     default_partition: Optional[str] = None
     error: Optional[str] = None
+    # partition -> its MaxTime in minutes (None: unlimited or not said)
+    max_time_min: dict[str, Optional[int]] = field(default_factory=dict)
+    # partition -> nodes that take no job now (down, drained, ...), with their state
+    unavailable: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def answered(self) -> bool:
@@ -74,42 +82,90 @@ def _gpus(gres: str) -> int:
     return total
 
 
+def slurm_minutes(text: str) -> Optional[int]:
+    """A Slurm time limit ("infinite", "30:00", "1-00:00:00", "2:00:00", "45") in minutes; None when unlimited."""
+    text = text.strip()
+    if not text or text.lower() in ("infinite", "unlimited", "n/a", "none"):
+        return None
+    days, _, rest = text.rpartition("-")
+    parts = [int(x) for x in rest.split(":")] if all(x.isdigit() for x in rest.split(":")) else []
+    if not parts or (days and not days.isdigit()):
+        return None
+    if len(parts) == 1:
+        h, m, sec = 0, parts[0], 0
+    elif len(parts) == 2:
+        h, m, sec = 0, parts[0], parts[1]
+    else:
+        h, m, sec = parts[-3], parts[-2], parts[-1]
+    return (int(days or 0) * 24 + h) * 60 + m + (1 if sec else 0)
+
+
 def parse_sinfo(text: str) -> ClusterFacts:
-    """Facts from `sinfo -h -N -o '%N|%P|%c|%m|%G'` (one line per node and partition)."""
+    """Facts from `sinfo -h -N -o SINFO_FORMAT` (one line per node and partition); nodes that take no job now
+    (down, drained, ...) are kept apart. Lines of the older five-field format are read too."""
     partitions: dict[str, list[NodeFacts]] = {}
+    unavailable: dict[str, list[str]] = {}
+    max_time: dict[str, Optional[int]] = {}
     default = None
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 5:
+        if len(fields) not in (5, 7):
             continue
-        node, part, cpus, mem, gres = fields
+        node, part, cpus, mem, gres = fields[:5]
+        state, limit = fields[5:7] if len(fields) == 7 else ("idle", "infinite")
         if part.endswith("*"):
             part = part[:-1]
             default = part
+        max_time[part] = slurm_minutes(limit)
+        partitions.setdefault(part, [])
+        if state.lower().rstrip("*~#!%$@^-+").split("+")[0] in UNAVAILABLE_STATES:
+            unavailable.setdefault(part, []).append(f"{node} ({state})")
+            continue
         digits = re.sub(r"\D.*", "", mem)
-        partitions.setdefault(part, []).append(
+        partitions[part].append(
             NodeFacts(node, int(cpus) if cpus.isdigit() else 0, int(digits) if digits else 0, _gpus(gres))
         )
-    return ClusterFacts({p: tuple(n) for p, n in sorted(partitions.items())}, default)
+    return ClusterFacts({p: tuple(n) for p, n in sorted(partitions.items())}, default, None, max_time,
+                        {p: tuple(n) for p, n in unavailable.items()})
 
 
 def probe(timeout: float = PROBE_TIMEOUT_S) -> ClusterFacts:
     """Ask sinfo what the cluster has. The one place the preflight touches the cluster."""
+    from cluster import slurm
+
     if shutil.which("sinfo") is None:
         return ClusterFacts(error="sinfo is not on PATH")
     try:
-        out = subprocess.run(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], capture_output=True, text=True,
-                             timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return ClusterFacts(error=f"sinfo did not answer within {timeout:.0f} s")
+        out = slurm.run_command(["sinfo", "-h", "-N", "-o", SINFO_FORMAT], timeout=timeout)
+    except slurm.SlurmError as e:
+        return ClusterFacts(error=str(e))
     if out.returncode != 0:
         return ClusterFacts(error=f"sinfo failed: {out.stderr.strip() or out.returncode}")
     return parse_sinfo(out.stdout)
 
 
+def ask_test_only(folder: str, script: Optional[str], facts: Optional[ClusterFacts], out: Any, what: str) -> list[str]:
+    """Ask `sbatch --test-only` about a rendered script where the cluster answers; print its answer and return the
+    problem it names (if it refuses)."""
+    from cluster import slurm
+
+    if facts is not None and not facts.answered:
+        out.write(f"sbatch --test-only: not asked (the cluster did not answer: {facts.error})\n")
+        return []
+    if not shutil.which("sbatch"):
+        out.write("sbatch --test-only: not asked (sbatch is not on PATH)\n")
+        return []
+    try:
+        ok, answer = slurm.test_only(folder, script) if script else slurm.test_only(folder)
+    except slurm.SlurmError as e:
+        ok, answer = False, str(e)
+    out.write(f"sbatch --test-only: {answer}\n")
+    return [] if ok else [f"sbatch --test-only refused the {what}: {answer}"]
+
+
 def plan_problems(plan: JobPlan) -> list[str]:
     """Problems of the plan alone (no cluster facts needed)."""
-    from cluster.render import OWNED_SBATCH_KEYS, sbatch_parameters
+    from cluster.render import OWNED_SBATCH_KEYS
 
     p: list[str] = []
     if plan.nodes < 1:
@@ -135,10 +191,6 @@ def plan_problems(plan: JobPlan) -> list[str]:
                  "time_min")
     if not _SIGNAL.match(plan.signal):
         p.append(f"cluster.signal={plan.signal!r} is not a signal name or number; use e.g. USR1, USR2 or TERM")
-    if plan.backend == "slurm" and plan.strategy == "deepspeed" and plan.gpus_per_node == 0 and not plan.cpu_rehearsal:
-        p.append("trainer.strategy.name=deepspeed on a Slurm job with cluster.gpus_per_node=0: DeepSpeed needs "
-                 "GPUs; set cluster.gpus_per_node (and tasks_per_node) to the GPUs of a node, or "
-                 "cluster.cpu_rehearsal=true to rehearse DeepSpeed on CPU ranks")
     if plan.mem is not None and mem_mb(plan.mem) is None:
         p.append(f"cluster.mem={plan.mem!r} is not a Slurm memory size; write e.g. 32G or 500M (per node)")
     for name in plan.env_passthrough:
@@ -149,7 +201,19 @@ def plan_problems(plan: JobPlan) -> list[str]:
         if key in OWNED_SBATCH_KEYS:
             p.append(f"cluster.sbatch_extra.{key}: zerorun sets --{key.replace('_', '-')} itself from "
                      f"{OWNED_SBATCH_KEYS[key]}; remove it from sbatch_extra")
-    if plan.backend == "slurm" and not p:
+    return p
+
+
+def slurm_plan_problems(plan: JobPlan) -> list[str]:
+    """Problems of a plan that only a Slurm job has: DeepSpeed without GPUs, values sbatch cannot carry."""
+    from cluster.render import sbatch_parameters
+
+    p: list[str] = []
+    if plan.strategy == "deepspeed" and plan.gpus_per_node == 0 and not plan.cpu_rehearsal:
+        p.append("trainer.strategy.name=deepspeed on a Slurm job with cluster.gpus_per_node=0: DeepSpeed needs "
+                 "GPUs; set cluster.gpus_per_node (and tasks_per_node) to the GPUs of a node, or "
+                 "cluster.cpu_rehearsal=true to rehearse DeepSpeed on CPU ranks")
+    if not p and not plan_problems(plan):
         try:
             sbatch_parameters(plan)
             quoting.filename_pattern(plan.run_dir)
@@ -171,9 +235,15 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
     nodes = facts.partitions[name]
     p: list[str] = []
     where = f"partition {name!r}"
+    down = facts.unavailable.get(name, ())
     if plan.nodes > len(nodes):
-        p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes)} nodes; lower cluster.nodes or choose "
-                 f"another partition ({valid})")
+        why = f" ({len(down)} more take no job now: {', '.join(down[:4])})" if down else ""
+        p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes)} nodes that take jobs{why}; lower "
+                 f"cluster.nodes or choose another partition ({valid})")
+    limit = facts.max_time_min.get(name)
+    if limit is not None and plan.time_min > limit:
+        p.append(f"cluster.time_min={plan.time_min} is over the MaxTime of {where} ({limit} min); lower "
+                 f"cluster.time_min to {limit} or less (a resumable run continues across requeues)")
     want_mb = mem_mb(plan.mem) if plan.mem else None
     if want_mb is not None:
         fit = [n for n in nodes if n.mem_mb >= want_mb]
@@ -196,11 +266,7 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
 
 
 def check(plan: JobPlan, facts: ClusterFacts) -> Preflight:
-    problems = plan_problems(plan)
-    notes = []
-    if plan.backend == "slurm":
-        if facts.answered:
-            problems += cluster_problems(plan, facts)
-        else:
-            notes.append(f"the cluster was not asked ({facts.error}): partition, nodes and memory were not checked")
-    return Preflight(problems, notes)
+    """The backend's preflight (cluster/backends/): the plan's problems, and the cluster's where it answered."""
+    from cluster.backends import get_backend
+
+    return get_backend(plan.backend).preflight(plan, facts)

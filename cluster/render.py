@@ -24,18 +24,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from cluster import quoting
-from cluster.plan import JobPlan
-from cluster.rendezvous import PORT_BASE, PORT_SPAN, SLURM_ENV, derive
+from cluster import quoting, table
+from cluster.plan import HOST_ENTRY, RANK_ENTRY, JobPlan
+from cluster.rendezvous import SLURM_ENV, derive
+from trainer_core import layout
 
 SCRIPT_NAME = "job.sbatch"
-LOG_DIR = "logs"
-# Slurm expands %j (job id) and %t (task id = global rank); one file per rank, stdout and stderr together.
-RANK_LOG_PATTERN = "%j_%t.out"
-# The batch script's own output (setup lines, srun's report of which task failed); the script redirects it here.
-BATCH_LOG_SUFFIX = "_batch.out"
-# An array task's rank logs: %A the array job id, %a the array task id, %t the rank.
-ARRAY_RANK_LOG_PATTERN = "%A_%a_%t.out"
+# the run folder's names are defined once, in trainer_core/layout.py
+LOG_DIR = layout.LOGS
+RANK_LOG_PATTERN = layout.RANK_LOG_PATTERN
+BATCH_LOG_SUFFIX = layout.BATCH_LOG_SUFFIX
+ARRAY_RANK_LOG_PATTERN = layout.ARRAY_RANK_LOG_PATTERN
 
 # sbatch flags zerorun sets from cluster.* keys: cluster.sbatch_extra may not set them behind its back.
 OWNED_SBATCH_KEYS = {
@@ -84,22 +83,10 @@ class RankRow:
     device: str
 
 
-def rank_log(job_id: str, rank: int) -> str:
-    """A rank's log file, relative to the run folder (the name RANK_LOG_PATTERN expands to)."""
-    return f"{LOG_DIR}/{job_id}_{rank}.out"
-
-
-def batch_log(job_id: str) -> str:
-    return f"{LOG_DIR}/{job_id}{BATCH_LOG_SUFFIX}"
-
-
-def array_rank_log(array_job_id: str, task_id: int, rank: int) -> str:
-    """An array task's rank log, relative to the sweep folder (ARRAY_RANK_LOG_PATTERN expanded)."""
-    return f"{LOG_DIR}/{array_job_id}_{task_id}_{rank}.out"
-
-
-def array_batch_log(array_job_id: str, task_id: int) -> str:
-    return f"{LOG_DIR}/{array_job_id}_{task_id}{BATCH_LOG_SUFFIX}"
+rank_log = layout.rank_log
+batch_log = layout.batch_log
+array_rank_log = layout.array_rank_log
+array_batch_log = layout.array_batch_log
 
 
 def sbatch_argv(test_only: bool = False, script: str = SCRIPT_NAME) -> list[str]:
@@ -150,6 +137,15 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     return checked, additional
 
 
+def host_step(plan: JobPlan) -> str:
+    """The batch script's last line: once srun has returned, the batch host reads how the ranks ended and
+    decides what follows (requeue, or why not; a failure when not every rank started): jobs/host.py. Its exit
+    status is the job's."""
+    python, *rest = plan.entry
+    args = rest[rest.index(RANK_ENTRY) + 1:] if RANK_ENTRY in rest else []
+    return f'exec {quoting.join([python, "-u", "-m", HOST_ENTRY, "after"])} "$?" {quoting.join(args)}'
+
+
 def _setup_lines(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
     job = '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"' if array else '"${SLURM_JOB_ID}"'
     batch_log = quoting.word(f"{plan.run_dir}/{LOG_DIR}/") + job + BATCH_LOG_SUFFIX
@@ -180,6 +176,7 @@ def sbatch_script(plan: JobPlan, ctx: RenderContext, array: Optional[ArraySpec] 
         folder=plan.run_dir,  # unused: every path submitit would derive from it is set below
         wckey=None,  # type: ignore[arg-type]
         setup=_setup_lines(plan, array),
+        teardown=[host_step(plan), ""],  # the empty line ends the script with a newline
         stderr_to_stdout=True,
         use_srun=False,  # zerorun writes the srun line itself, through cluster.quoting
         additional_parameters=additional,
@@ -197,18 +194,14 @@ def sbatch_script(plan: JobPlan, ctx: RenderContext, array: Optional[ArraySpec] 
     return "\n".join(header) + "\n" + rest
 
 
-def _port_text(plan: JobPlan) -> str:
-    if plan.master_port is not None:
-        return str(plan.master_port)
-    if plan.backend == "local":
-        return "<free port>"
-    return f"<{PORT_BASE}+jobid%{PORT_SPAN}>"
+def port_text(plan: JobPlan, unknown: str) -> str:
+    """The rendezvous port as the rank table shows it: the pinned one, else how it will be chosen."""
+    return str(plan.master_port) if plan.master_port is not None else unknown
 
 
-def rank_table(plan: JobPlan, hosts: Optional[list[str]] = None) -> list[RankRow]:
-    """Every rank as the rendezvous contract will derive it from the variables Slurm sets for it."""
-    if hosts is None:
-        hosts = ["127.0.0.1"] * plan.nodes if plan.backend == "local" else [f"node{n}" for n in range(plan.nodes)]
+def rank_table(plan: JobPlan, hosts: list[str], port: str) -> list[RankRow]:
+    """Every rank as the rendezvous contract will derive it from the variables the scheduler sets for it (the
+    backend says how it names its hosts and how the port is chosen)."""
     nodelist = hosts[0] if len(set(hosts)) == 1 else ",".join(hosts)
     common = {
         SLURM_ENV["world_size"]: str(plan.world_size),
@@ -216,7 +209,6 @@ def rank_table(plan: JobPlan, hosts: Optional[list[str]] = None) -> list[RankRow
         SLURM_ENV["nodelist"]: nodelist,
         SLURM_ENV["job_id"]: "0",
     }
-    port = _port_text(plan)
     rows = []
     for spec in plan.ranks(hosts):
         env = {
@@ -241,20 +233,6 @@ def table_cells(row: RankRow) -> tuple[str, ...]:
 
 def table_text(rows: list[RankRow]) -> str:
     """The rank table as aligned plain text (what the run folder keeps)."""
-    cells = [TABLE_COLUMNS, *(table_cells(r) for r in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(TABLE_COLUMNS))]
-    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(widths))).rstrip() for c in cells) + "\n"
+    return table.text(TABLE_COLUMNS, [table_cells(r) for r in rows])
 
 
-def local_commands(plan: JobPlan) -> str:
-    """The processes the local backend starts, one shell line each, with the Slurm variables it sets."""
-    lines = [f"cd {quoting.word(plan.workdir)}"]
-    for spec in plan.ranks(["127.0.0.1"] * plan.nodes):
-        env = {
-            SLURM_ENV["global_rank"]: spec.rank, SLURM_ENV["local_rank"]: spec.local_rank,
-            SLURM_ENV["node_rank"]: spec.node_rank, SLURM_ENV["world_size"]: plan.world_size,
-            SLURM_ENV["num_nodes"]: plan.nodes, SLURM_ENV["nodelist"]: "127.0.0.1", **dict(plan.env),
-        }
-        assigns = " ".join(f"{k}={quoting.word(v)}" for k, v in env.items())
-        lines.append(f"env {assigns} {quoting.join(plan.entry)} > {quoting.word(f'{plan.run_dir}/logs/rank-{spec.rank}.log')}")
-    return "\n".join(lines) + "\n"

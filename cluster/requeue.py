@@ -9,8 +9,6 @@ the ranks know no scheduler, and inside a container there is usually no scontrol
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from typing import Mapping, Optional
@@ -44,6 +42,11 @@ class JobClock:
     end_time: Optional[float]
     # set by Slurm when a higher-priority job preempts this one (the job's signal comes then, its grace starts)
     preempt_time: Optional[float]
+
+
+def signal_name(name: str) -> str:
+    """USR2, SIGUSR2, usr2 -> USR2 (how the ranks record a signal)."""
+    return name.upper().removeprefix("SIG")
 
 
 def stop_cause(signal_name: str, configured_signal: str, now: float, clock: Optional[JobClock],
@@ -123,29 +126,25 @@ def parse_job_clock(scontrol_show_job: str) -> JobClock:
     return JobClock(seconds(fields.get("EndTime")), seconds(fields.get("PreemptTime")))
 
 
-def job_clock(job: str, timeout_s: float = 10) -> Optional[JobClock]:
+def job_clock(job: str) -> Optional[JobClock]:
     """Ask Slurm for the job's clock; None where scontrol is missing or does not answer."""
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        return None
+    from cluster import slurm
+
     try:
-        proc = subprocess.run([scontrol, "show", "job", "-o", job], capture_output=True, text=True,
-                              timeout=timeout_s)
-    except subprocess.TimeoutExpired:
+        proc = slurm.run_command(["scontrol", "show", "job", "-o", job], timeout=10)
+    except slurm.SlurmError:
         return None
     return parse_job_clock(proc.stdout) if proc.returncode == 0 else None
 
 
 def scontrol_requeue(job: str) -> tuple[bool, str]:
     """Requeue one job with scontrol. Returns (ok, what happened)."""
-    scontrol = shutil.which("scontrol")
-    if scontrol is None:
-        return False, "scontrol is not on this node's PATH"
+    from cluster import slurm
+
     try:
-        proc = subprocess.run([scontrol, "requeue", job], capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        return False, f"scontrol requeue {job} did not answer in 60 s"
+        proc = slurm.run_command(["scontrol", "requeue", job], timeout=60)
+    except slurm.SlurmError as e:
+        return False, str(e)
     if proc.returncode != 0:
         return False, f"scontrol requeue {job} failed ({proc.returncode}): {proc.stderr.strip()}"
     return True, f"requeued {job}"
-

@@ -149,7 +149,8 @@ def failed_tasks(batch_log: str) -> list[TaskFailure]:
     return first + killed
 
 
-def _run(argv: list[str], *, cwd: Optional[str] = None, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_command(argv: list[str], *, cwd: Optional[str] = None, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+    """Every Slurm command this project runs goes through here: one place for PATH and time-out errors."""
     if shutil.which(argv[0]) is None:
         raise SlurmError(f"{argv[0]} is not on PATH: run zerorun where the Slurm client commands are installed "
                          "(a login node), or use cluster=local")
@@ -162,7 +163,7 @@ def _run(argv: list[str], *, cwd: Optional[str] = None, timeout: float = TIMEOUT
 def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
     """Submit the run folder's script: the one side effect of submission. Returns the job id (an array's: the
     array job id)."""
-    out = _run(render.sbatch_argv(script=script), cwd=run_dir)
+    out = run_command(render.sbatch_argv(script=script), cwd=run_dir)
     if out.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip().split(";")[0]
@@ -173,12 +174,12 @@ def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
 
 def test_only(run_dir: str, script: str = render.SCRIPT_NAME) -> tuple[bool, str]:
     """`sbatch --test-only`: would Slurm take the script, and when and where would it start? Submits nothing."""
-    out = _run(render.sbatch_argv(test_only=True, script=script), cwd=run_dir)
+    out = run_command(render.sbatch_argv(test_only=True, script=script), cwd=run_dir)
     return out.returncode == 0, (out.stderr.strip() or out.stdout.strip())
 
 
 def scancel(job_id: str) -> None:
-    out = _run(["scancel", job_id])
+    out = run_command(["scancel", job_id])
     if out.returncode != 0:
         raise SlurmError(f"scancel {job_id} failed: {out.stderr.strip()}")
 
@@ -191,7 +192,7 @@ def query(job_ids: Iterable[str]) -> dict[str, JobState]:
         return found
     def ask(argv: list[str], parse) -> None:  # type: ignore[no-untyped-def]
         try:
-            out = _run(argv)
+            out = run_command(argv)
         except SlurmError:
             return
         # squeue and scontrol fail on a job id they have forgotten; what they printed still counts
@@ -251,7 +252,7 @@ def limits() -> ClusterLimits:
     """The cluster's array and job-count limits; Slurm's defaults (with the reason in `source`) when scontrol
     cannot be asked."""
     try:
-        out = _run(["scontrol", "show", "config"])
+        out = run_command(["scontrol", "show", "config"])
     except SlurmError as e:
         return ClusterLimits(source=f"Slurm's defaults ({e})")
     if out.returncode != 0:
@@ -307,7 +308,7 @@ def query_tasks(tasks: Iterable[str]) -> dict[str, JobState]:
 
     def ask(argv: list[str], parse) -> None:  # type: ignore[no-untyped-def]
         try:
-            out = _run(argv)
+            out = run_command(argv)
         except SlurmError:
             return
         for key, st in parse(out.stdout).items():
@@ -331,21 +332,41 @@ def find_named(job_name: str, since: float) -> tuple[list[str], Optional[str]]:
     sbatch answer it never recorded. Returns (ids, why the history could not be searched, or None)."""
     import time
 
-    out = _run(["squeue", "-h", "--name", job_name, "-o", "%F"])
+    out = run_command(["squeue", "-h", "--name", job_name, "-o", "%F"])
     if out.returncode != 0:
         raise SlurmError(f"squeue --name {job_name} failed ({out.stderr.strip()}): cannot tell whether that job "
                          "was queued; try again when slurmctld answers (scontrol ping)")
     ids = {x for x in out.stdout.split() if x.isdigit()}
     start = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(since - 60))
-    out = _run(["sacct", "-n", "-P", "-X", "--name", job_name, "-S", start, "-o", "JobID"])
+    out = run_command(["sacct", "-n", "-P", "-X", "--name", job_name, "-S", start, "-o", "JobID"])
     if out.returncode == 0:
         ids.update(h for h in (line.split("_")[0] for line in out.stdout.split()) if h.isdigit())
         return sorted(ids, key=int), None
     why = f"sacct failed ({out.stderr.strip() or out.returncode})"
-    shown = _run(["scontrol", "show", "job", "-o"])
+    shown = run_command(["scontrol", "show", "job", "-o"])
     for line in shown.stdout.splitlines() if shown.returncode == 0 else []:
         if f" JobName={job_name} " in f" {line} ":
             m = re.search(r"(?:^|\s)ArrayJobId=(\d+)", line) or re.search(r"(?:^|\s)JobId=(\d+)", line)
             if m:
                 ids.add(m.group(1))
     return sorted(ids, key=int), why
+
+
+# kept for callers that used the private name
+_run = run_command
+
+
+def work_dir(job_id: str) -> Optional[str]:
+    """The job's working directory as Slurm recorded it (zerorun submits from the run folder, so this is the run
+    folder, wherever cluster.runs_dir put it): squeue for a live job, sacct for a finished one."""
+    if not str(job_id).isdigit():
+        return None
+    for argv in (["squeue", "-h", "-j", job_id, "-o", "%Z"], ["sacct", "-n", "-P", "-X", "-j", job_id, "-o", "WorkDir"]):
+        try:
+            out = run_command(argv)
+        except SlurmError:
+            continue
+        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        if out.returncode == 0 and lines and lines[-1].startswith("/"):
+            return lines[-1]
+    return None

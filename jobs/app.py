@@ -48,35 +48,10 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         from jobs.dryrun import dry_run
 
         return dry_run(cfg, plan)
-    if plan.backend == "local":
-        runs.save_config(cfg, plan.run_dir)
-        return _run_local(plan)
-    # submit writes the run folder itself, once the preflight has passed
+    # submit writes the run folder itself, once the preflight has passed; a local job runs to its end there
     from jobs.submit import submit
 
     return submit(cfg, plan)
-
-
-def _run_local(plan) -> int:  # type: ignore[no-untyped-def]
-    import json
-    from pathlib import Path
-
-    from cluster import local
-
-    result = local.run(plan)
-    if result.returncode != 0:
-        where = f"rank {result.failed_rank}" if result.failed_rank is not None else "the job"
-        print(f"\nzerorun: {where} failed (exit {result.returncode}); log: {result.logs.get(result.failed_rank or 0)}",
-              file=sys.stderr)
-        if result.failed_rank:
-            print(local.tail(result.logs[result.failed_rank]), file=sys.stderr)
-        return result.returncode
-    metrics_file = Path(plan.run_dir) / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
-        print(f"\nzerorun: done. {shown}\nrun folder: {plan.run_dir}")
-    return 0
 
 
 @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")

@@ -1,56 +1,73 @@
 """What each rank runs: `python -m jobs.rank RUN_DIR` (a sweep's array task: `--array SWEEP_INDEX_FILE`).
 
-Load the config saved at submission, derive the rendezvous from the environment Slurm (or the local backend)
-set, check it against the plan, then train. Threads are set before torch is imported.
+Record that this rank started, load the config saved at submission, let the backend derive the rank contract
+from what its scheduler set (checked against the plan), put the contract in place, then train. Threads are set
+before torch is imported. The rank's exit status is training's: 0 done, EXIT_RESUMABLE stopped with a checkpoint.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Mapping, Optional, Sequence
 
+from trainer_core.contract import DEFAULT_SIGNAL, SIGNAL_ENV
 from trainer_core.signals import StopSignals
 
 # First thing, before the config is read: a stop asked for during start-up is kept, not fatal.
-_SIGNALS = StopSignals(os.environ.get("ZERORUN_SIGNAL", "USR2"))
+_SIGNALS = StopSignals(os.environ.get(SIGNAL_ENV, DEFAULT_SIGNAL))
 _SIGNALS.hold()
 
-from cluster.rendezvous import RendezvousError, derive  # noqa: E402
+from cluster.backends import get_backend  # noqa: E402
+from cluster.rendezvous import RendezvousError  # noqa: E402
 from jobs.runs import load_config  # noqa: E402
+from trainer_core import attempts  # noqa: E402
+
+USAGE = "usage: python -m jobs.rank RUN_DIR | python -m jobs.rank --array SWEEP_INDEX_FILE"
+
+
+def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[str]:
+    """The run folder named by the arguments (a sweep member's: found from the array task id); None after
+    printing why when there is none."""
+    if len(argv) == 2 and argv[0] == "--array":
+        from jobs.sweep import SweepIndexError, member_run_dir
+
+        try:
+            return member_run_dir(argv[1], environ)
+        except SweepIndexError as e:
+            print(f"zerorun: rank cannot start: {e}", file=sys.stderr)
+            return None
+    if len(argv) == 1:
+        return argv[0]
+    print(USAGE, file=sys.stderr)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 2 and argv[0] == "--array":
-        # a sweep member: the array task id picks its run folder from the sweep's index file
-        from jobs.sweep import SweepIndexError, member_run_dir
-
-        try:
-            run_dir = member_run_dir(argv[1], os.environ)
-        except SweepIndexError as e:
-            print(f"zerorun: rank cannot start: {e}", file=sys.stderr)
-            return 3
-    elif len(argv) == 1:
-        run_dir = argv[0]
-    else:
-        print("usage: python -m jobs.rank RUN_DIR | python -m jobs.rank --array SWEEP_INDEX_FILE", file=sys.stderr)
-        return 2
+    run_dir = run_dir_from_args(argv, os.environ)
+    if run_dir is None:
+        return 3 if argv and argv[0] == "--array" else 2
     cfg = load_config(run_dir)
     signals = _SIGNALS
     if StopSignals(cfg.cluster.signal).job_signal != signals.job_signal:  # started without ZERORUN_SIGNAL
         signals = StopSignals(cfg.cluster.signal)
         signals.hold()
     os.environ["OMP_NUM_THREADS"] = str(cfg.cluster.cpus_per_task)
+    backend = get_backend(str(cfg.cluster.backend))
     try:
-        rendezvous = derive(os.environ, nodes=cfg.cluster.nodes, tasks_per_node=cfg.cluster.tasks_per_node)
+        contract = backend.rank_contract(os.environ, nodes=cfg.cluster.nodes, tasks_per_node=cfg.cluster.tasks_per_node)
     except RendezvousError as e:
         print(f"zerorun: rank cannot start: {e}", file=sys.stderr)
         return 3
-    os.environ.update(rendezvous.env())
+    # the batch host counts these: a job in which not every rank started has failed, whatever srun said
+    attempts.append(run_dir, "rank_start", rank=contract.rank, node=contract.node, job_id=contract.job_id,
+                    restart_count=contract.restart_count, world_size=contract.world_size, pid=os.getpid())
+    os.environ.update(contract.env())
 
     from trainer_core.train import fit
 
-    return fit(cfg, rendezvous, signals).exit_code
+    return fit(cfg, contract, signals).exit_code
 
 
 if __name__ == "__main__":

@@ -1,35 +1,42 @@
-"""Submit: preflight, render the same plan the dry run shows, write the run folder, call sbatch once, record.
+"""Submit: preflight, render the same plan the dry run shows, write the run folder, start the job once, record.
 
-Nothing that claims a submission (submission.json) is written unless sbatch returned a job id; a plan with
-problems writes nothing at all.
+One path for every backend. A queued job (Slurm) gets a snapshot of the code and a submission record; nothing
+that claims a submission (submission.json) is written unless the scheduler returned a job id; a plan with
+problems writes nothing at all. A foreground job (the local backend) runs to its end here, and what follows a
+resumable stop is decided as the batch host decides it on a cluster (jobs/host.py).
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from pathlib import Path
 from typing import Any, Optional, Sequence, TextIO
 
-from cluster import preflight, quoting, render, slurm
-from jobs.dryrun import context, refuse_secrets, rendered_files, write_files
+from cluster import preflight, quoting, slurm
+from cluster.backends import Backend, get_backend
 from cluster.plan import JobPlan
-from jobs.runs import CONFIG_NAME
+from jobs.dryrun import context, refuse_secrets, rendered_files, write_files
+from trainer_core import layout
+from trainer_core.contract import EXIT_RESUMABLE
 
 
 def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Optional[TextIO] = None,
            command: Optional[Sequence[str]] = None, facts: Optional[preflight.ClusterFacts] = None) -> int:
-    """Submit the plan to Slurm. Returns 0 with the job submitted, 2 when the plan cannot run, 1 when Slurm
-    refused it."""
+    """Run or submit the plan. Returns 0 with the job submitted (or run to completion), 2 when the plan cannot
+    run, 1 when the scheduler refused it; a foreground job returns its own exit status."""
     from jobs import snapshot
 
     out, err = out or sys.stdout, err or sys.stderr
-    check = preflight.check(plan, facts if facts is not None else preflight.probe())
+    backend = get_backend(plan.backend)
+    check = backend.preflight(plan, facts if facts is not None else backend.probe())
     ctx = context(command)
     problems = list(check.problems)
     files: dict[str, str] = {}
     if not problems:
         try:
-            files = rendered_files(cfg, plan, ctx)
+            files = rendered_files(cfg, plan, ctx, backend)
         except quoting.QuotingError as e:
             problems.append(str(e))
     problems += refuse_secrets(files)
@@ -40,9 +47,12 @@ def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Option
         err.write(f"zerorun: preflight note: {note}\n")
 
     run_dir = write_files(plan.run_dir, files)
-    snapshot.write_snapshot(str(run_dir), files[CONFIG_NAME], files[render.SCRIPT_NAME], plan.workdir, plan.entry[0])
+    if backend.runs_in_foreground:
+        return _run_here(cfg, plan, backend, str(run_dir), out, err)
+    script = next(n for n in files if n not in (layout.CONFIG, layout.RANK_TABLE))
+    snapshot.write_snapshot(str(run_dir), files[layout.CONFIG], files[script], plan.workdir, plan.entry[0])
     try:
-        job_id = slurm.sbatch(str(run_dir))
+        job_id, _ = backend.launch(plan, str(run_dir), out, err)
     except slurm.SlurmError as e:
         err.write(f"zerorun: not submitted: {e}\n")
         return 1
@@ -51,7 +61,7 @@ def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Option
         submitted_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         command=list(ctx.command),
         run_dir=str(run_dir),
-        script=render.SCRIPT_NAME,
+        script=script,
         zerorun_version=ctx.version,
     )
     snapshot.write_record(str(run_dir), record)
@@ -61,4 +71,29 @@ def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Option
         f"  run folder: {run_dir}\n"
         f"  follow it:  zerorun status {job_id} | zerorun logs {job_id} --follow | zerorun cancel {job_id}\n"
     )
+    return 0
+
+
+def _run_here(cfg: Any, plan: JobPlan, backend: Backend, run_dir: str, out: TextIO, err: TextIO) -> int:
+    """Run a foreground job to its end; a resumable stop is decided and recorded as on a batch host."""
+    import os
+
+    from jobs.host import after_ranks
+
+    job_id, rc = backend.launch(plan, run_dir, out, err)
+    if rc == EXIT_RESUMABLE:
+        after = after_ranks(
+            run_dir, rc, backend=backend, world_size=plan.world_size, job_signal=plan.signal,
+            signal_delay_s=plan.signal_delay_s, max_timeouts=int(cfg.requeue.max_timeouts),
+            max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=plan.requeue,
+            environ={**os.environ, "SLURM_JOB_ID": job_id})
+        err.write(f"\nzerorun: {after.message}\nrun folder: {run_dir}\n")
+        return after.exit_code
+    if rc != 0:
+        return rc
+    metrics_file = Path(run_dir) / layout.METRICS
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items()))
+        out.write(f"\nzerorun: done. {shown}\nrun folder: {run_dir}\n")
     return 0

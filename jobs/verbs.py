@@ -1,8 +1,9 @@
 """`zerorun status | logs | cancel`: follow submitted runs. Each verb takes a run folder or a Slurm job id.
 
-A run folder knows its job from submission.json; a job id finds its run folder under the runs folder. States
-come from cluster.slurm (squeue, then sacct, then scontrol); a failed job names the rank that failed first, from
-srun's report in the job's batch log, or else from the rank logs that end in a Python traceback.
+A run folder knows its job from submission.json; a job id finds its run folder under the runs folder, else where
+Slurm says the job ran (its working directory is the run folder). States come from the run's backend
+(cluster/backends/); a failed job names the rank that failed first, from srun's report in the job's batch log,
+from the batch host's record, or else from the rank logs that end in a Python traceback.
 Imports nothing of the training stack.
 """
 
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, TextIO
 
-from cluster import render
+from cluster import table
+from cluster.backends import get_backend
 from jobs import snapshot
-from trainer_core import attempts
+from trainer_core import attempts, layout
 
 FOLLOW_POLL_S = 0.5
 STATE_POLL_S = 2.0
@@ -30,8 +32,10 @@ _ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b.*
 class Target:
     run_dir: Optional[Path]
     job_id: Optional[str]
-    # "slurm", "local" (run by the local backend), "dry-run"
+    # "submitted" (a job id was recorded), "run here" (a foreground backend ran it), "dry-run"
     kind: str
+    # the run's backend (cluster.backend of its config)
+    backend: str = "slurm"
 
 
 def default_runs_dir() -> Path:
@@ -40,15 +44,26 @@ def default_runs_dir() -> Path:
 
 def _kind(run_dir: Path) -> str:
     if (run_dir / snapshot.RECORD_NAME).exists():
+        return "submitted"
+    if (run_dir / layout.ATTEMPTS).exists() or (run_dir / layout.METRICS).exists():
+        return "run here"
+    return "dry-run"
+
+
+def _backend_name(run_dir: Optional[Path]) -> str:
+    if run_dir is None:
         return "slurm"
-    if (run_dir / render.SCRIPT_NAME).exists() or (run_dir / "job.local.sh").exists():
-        return "dry-run"
-    return "local"
+    try:
+        from jobs.runs import load_config
+
+        return str(load_config(run_dir).cluster.backend)
+    except Exception:  # a half-written or foreign folder
+        return "slurm"
 
 
 def find_runs(runs_dir: Path) -> list[Path]:
     """Run folders under the runs folder (runs_dir/name/run_id holding a config.yaml), oldest first."""
-    found = [p.parent for p in runs_dir.glob("*/*/config.yaml")]
+    found = [p.parent for p in runs_dir.glob(f"*/*/{layout.CONFIG}")]
     return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)))
 
 
@@ -56,16 +71,22 @@ def resolve(target: str, runs_dir: Path) -> Target:
     """A run folder or a job id -> the run folder and its job."""
     path = Path(target)
     if path.is_dir():
-        if not (path / "config.yaml").exists():
-            raise SystemExit(f"zerorun: {target} is not a zerorun run folder (it has no config.yaml)")
+        if not (path / layout.CONFIG).exists():
+            raise SystemExit(f"zerorun: {target} is not a zerorun run folder (it has no {layout.CONFIG})")
         record = snapshot.read_record(path)
-        return Target(path.resolve(), record.job_id if record else None, _kind(path))
+        return Target(path.resolve(), record.job_id if record else None, _kind(path), _backend_name(path))
     if target.isdigit():
         for run_dir in reversed(find_runs(runs_dir)):
             history = run_dir / snapshot.HISTORY_NAME
             if history.exists() and re.search(rf'"job_id": "{target}"', history.read_text(errors="replace")):
-                return Target(run_dir.resolve(), target, "slurm")
-        return Target(None, target, "slurm")
+                return Target(run_dir.resolve(), target, "submitted", _backend_name(run_dir))
+        # submitted with another cluster.runs_dir: Slurm knows where the job ran
+        from cluster.slurm import work_dir
+
+        where = work_dir(target)
+        if where and (Path(where) / layout.CONFIG).exists():
+            return Target(Path(where).resolve(), target, "submitted", _backend_name(Path(where)))
+        return Target(None, target, "submitted")
     raise SystemExit(f"zerorun: {target!r} is neither a run folder nor a job id; give a path such as "
                      f"{runs_dir}/NAME/RUN_ID or the number sbatch printed")
 
@@ -79,22 +100,16 @@ def last_error(log_text: str) -> Optional[str]:
     return errors[-1][0].strip() if errors else "a Python exception"
 
 
-def rank_logs(run_dir: Path, job_id: Optional[str]) -> dict[int, Path]:
-    """rank -> its log file (Slurm: logs/JOB_RANK.out; local backend: logs/rank-N.log)."""
-    logs: dict[int, Path] = {}
-    pattern = re.compile(rf"^{re.escape(job_id)}_(\d+)\.out$" if job_id else r"^rank-(\d+)\.log$")
-    for p in (run_dir / render.LOG_DIR).glob("*"):
-        m = pattern.match(p.name)
-        if m:
-            logs[int(m.group(1))] = p
-    return dict(sorted(logs.items()))
+def rank_logs(run_dir: Path, job_id: Optional[str], backend: str = "slurm") -> dict[int, Path]:
+    """rank -> its log file, as the run's backend names them."""
+    return get_backend(backend).rank_logs(run_dir, job_id)
 
 
-def failing_rank(run_dir: Path, job_id: Optional[str]) -> Optional[tuple[int, str]]:
+def failing_rank(run_dir: Path, job_id: Optional[str], backend: str = "slurm") -> Optional[tuple[int, str]]:
     """(rank, what happened) of the rank that failed first, from srun's report, else from the rank logs."""
     from cluster.slurm import read_failures
 
-    logs = rank_logs(run_dir, job_id)
+    logs = rank_logs(run_dir, job_id, backend)
     errors = {r: last_error(p.read_text(errors="replace")) for r, p in logs.items()}
     if job_id:
         failures = read_failures(run_dir, job_id)
@@ -108,19 +123,7 @@ def failing_rank(run_dir: Path, job_id: Optional[str]) -> Optional[tuple[int, st
 
 
 def _print_table(columns: Sequence[str], rows: list[Sequence[str]], out: TextIO) -> None:
-    if out.isatty():
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*row)
-        Console(file=out, highlight=False).print(table)
-        return
-    cells = [list(columns), *[list(r) for r in rows]]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    for c in cells:
-        out.write("  ".join(c[i].ljust(widths[i]) for i in range(len(columns))).rstrip() + "\n")
+    table.show(columns, rows, out)
 
 
 def _geometry(run_dir: Optional[Path]) -> str:
@@ -147,26 +150,29 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         if not targets:
             out.write(f"zerorun: no runs under {args.runs_dir} (set --runs-dir or ZERORUN_RUNS)\n")
             return 0
-    from cluster.slurm import query
-
-    states = query([t.job_id for t in targets if t.job_id])
+    states: dict = {}
+    for name in sorted({t.backend for t in targets}):
+        states.update(get_backend(name).query([t.job_id for t in targets if t.job_id and t.backend == name]))
     rows = []
     for t in targets:
         st = states.get(t.job_id or "")
-        state = st.state if st else {"local": "LOCAL", "dry-run": "DRY RUN"}.get(t.kind, "UNKNOWN")
-        if t.kind == "local" and t.run_dir and (t.run_dir / "metrics.json").exists():
+        state = st.state if st else {"run here": "LOCAL", "dry-run": "DRY RUN"}.get(t.kind, "UNKNOWN")
+        if t.kind == "run here" and t.run_dir and (t.run_dir / layout.METRICS).exists():
             state = "LOCAL DONE"
         events = attempts.read(t.run_dir) if t.run_dir else []
         detail = ""
         if st and st.state in ("PENDING", "REQUEUED", "UNKNOWN"):
             detail = st.reason
         resumable = attempts.resumable(events)
+        last = attempts.current(events)
         if resumable and (not st or st.finished):
             # the run checkpointed and stopped without a requeue: not a failure, a run waiting for resume=
             state, detail = "RESUMABLE", f"{resumable}; continue with resume={t.run_dir}"
         elif t.run_dir and (not st or st.finished or st.state == "COMPLETING") and state != "COMPLETED":
-            failed = failing_rank(t.run_dir, t.job_id)
-            if failed:
+            failed = failing_rank(t.run_dir, t.job_id, t.backend)
+            if last is not None and last.failure and (failed is None or "never started" in last.failure):
+                state, detail = "FAILED", last.failure
+            elif failed:
                 detail = f"rank {failed[0]} failed: {failed[1]}"
         if not detail and st and st.finished and st.exit_code not in ("", "0:0"):
             detail = f"exit {st.exit_code}"
@@ -192,7 +198,9 @@ def _attempts_cell(events: list[dict]) -> str:
 
 
 def _attempt_row(a: attempts.Attempt) -> list[str]:
-    if a.requeued:
+    if a.failure:
+        outcome = f"failed: {a.failure}"
+    elif a.requeued:
         outcome = f"requeued: {a.requeue}"
     elif a.requeue:
         outcome = f"stopped: {a.requeue}"
@@ -208,14 +216,14 @@ def _log_path(t: Target, run_dir: Path, rank: Optional[int], batch: bool) -> tup
     if batch:
         if not t.job_id:
             raise SystemExit("zerorun: --batch needs a Slurm job; this run ran on the local backend")
-        return run_dir / render.batch_log(t.job_id), "batch script"
+        return run_dir / layout.batch_log(t.job_id), "batch script"
     if rank is None:
-        failed = failing_rank(run_dir, t.job_id)
+        failed = failing_rank(run_dir, t.job_id, t.backend)
         rank = failed[0] if failed else 0
-    logs = rank_logs(run_dir, t.job_id)
+    logs = rank_logs(run_dir, t.job_id, t.backend)
     path = logs.get(rank)
     if path is None:
-        expected = render.rank_log(t.job_id, rank) if t.job_id else f"{render.LOG_DIR}/rank-{rank}.log"
+        expected = layout.rank_log(t.job_id, rank) if t.job_id else layout.local_rank_log(rank)
         path = run_dir / expected
     return path, f"rank {rank}"
 
@@ -244,13 +252,12 @@ def logs(argv: list[str], out: TextIO = sys.stdout) -> int:
               file=sys.stderr)
         return 1
     if args.follow and t.job_id:
-        from cluster.slurm import query
-
+        backend = get_backend(t.backend)
         next_state = 0.0
         while True:
             offset = _copy(path, offset, out) if path.exists() else offset
             if time.monotonic() >= next_state:
-                st = query([t.job_id])[t.job_id]
+                st = backend.query([t.job_id])[t.job_id]
                 if st.finished or st.state == "UNKNOWN":
                     if path.exists():
                         _copy(path, offset, out)
@@ -278,13 +285,12 @@ def cancel(argv: list[str], out: TextIO = sys.stdout) -> int:
     args = p.parse_args(argv)
     t = resolve(args.target, args.runs_dir)
     if not t.job_id:
-        print(f"zerorun: {t.run_dir} was not submitted to Slurm (a local run stops with Ctrl-C)", file=sys.stderr)
+        print(f"zerorun: {t.run_dir} was not submitted to a scheduler (a local run stops with Ctrl-C)",
+              file=sys.stderr)
         return 1
-    from cluster.slurm import SlurmError, scancel
-
     try:
-        scancel(t.job_id)
-    except SlurmError as e:
+        get_backend(t.backend).cancel(t.job_id)
+    except (RuntimeError, ValueError) as e:
         print(f"zerorun: {e}", file=sys.stderr)
         return 1
     out.write(f"zerorun: cancel requested for job {t.job_id}; see zerorun status {t.job_id}\n")

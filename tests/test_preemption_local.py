@@ -22,6 +22,7 @@ import pytest
 
 from conftest import REPO, read_csv_metric, read_rank_reports
 from trainer_core import attempts
+from trainer_core.contract import EXIT_RESUMABLE
 
 STEPS = 30
 COMMON = (
@@ -61,11 +62,11 @@ if os.environ.get({STOP_AT_ENV!r}) and os.environ.get("SLURM_PROCID") == "0":
     return where
 
 
-def train(*args: str, env: dict | None = None, timeout: float = 300) -> str:
+def train(*args: str, env: dict | None = None, timeout: float = 300, status: int = 0) -> str:
     proc = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-4000:]
+    assert proc.returncode == status, out[-4000:]
     return out
 
 
@@ -109,12 +110,13 @@ def test_signal_stops_every_rank_at_one_step_and_resume_is_bit_exact(tmp_path, r
     ref = reference(*overrides)
     inject = stop_injector(tmp_path / "inject")
     out = train(f"cluster.runs_dir={tmp_path / 'runs'}", *COMMON, *overrides, "trainer.checkpoint.save_at_end=false",
-                env={"PYTHONPATH": str(inject), STOP_AT_ENV: str(stop)})
+                env={"PYTHONPATH": str(inject), STOP_AT_ENV: str(stop)}, status=EXIT_RESUMABLE)
     run_dir = run_dir_of(tmp_path / "runs")
     assert f"stopped at step {stop} (preemption)" in out, out[-3000:]
 
-    events = attempts.read(run_dir)
+    events = [e for e in attempts.read(run_dir) if e["event"] != "rank_start"]
     assert [e["event"] for e in events] == ["start", "first_step", "signal", "checkpoint", "end", "requeue"]
+    assert sorted(e["rank"] for e in attempts.read(run_dir) if e["event"] == "rank_start") == [0, 1]
     assert next(e for e in events if e["event"] == "checkpoint")["step"] == stop
     reports = read_rank_reports(run_dir)
     assert [r["metrics"]["global_step"] for r in reports] == [stop, stop], "the ranks stopped apart"

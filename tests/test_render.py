@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cluster import preflight, quoting, render, slurm
+from cluster.backends import get_backend
 from cluster.plan import BASE_EXPORTS, JobPlan, SetupFileError, make_plan, read_setup_file
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -124,8 +125,12 @@ def _fake_srun_dir(tmp_path: Path) -> Path:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     srun = bin_dir / "srun"
-    srun.write_text('#!/bin/bash\nprintf "%s\\0" "$PWD" "$@" > "$ARGV_OUT"\n')
+    srun.write_text('#!/bin/bash\nprintf "%s\\0" "$PWD" "$@" > "$ARGV_OUT"\nexit 75\n')
     srun.chmod(srun.stat().st_mode | stat.S_IEXEC)
+    # and for the batch host's step after srun: records its argv and exits with the status it was handed
+    python = bin_dir / "python"
+    python.write_text('#!/bin/bash\nprintf "%s\\0" "$@" > "$HOST_OUT"\nexit "$5"\n')
+    python.chmod(python.stat().st_mode | stat.S_IEXEC)
     return bin_dir
 
 
@@ -137,19 +142,23 @@ def test_hostile_strings_reach_srun_exactly_under_bash_with_a_fake_srun(compose,
     runs = tmp_path / f"runs {HOSTILE}"
     plan = plan_of(compose, f"name={hydra_quoted(HOSTILE.replace('%', ''))}", "cluster=slurm", "cluster.gpus_per_node=0",
                    "cluster.tasks_per_node=1", "trainer=default", runs_dir=str(runs), workdir=str(workdir))
-    plan = dataclasses.replace(plan, srun_args=(f"--comment={HOSTILE}",))
+    bin_dir = _fake_srun_dir(tmp_path)
+    python = str(bin_dir / "python")
+    plan = dataclasses.replace(plan, srun_args=(f"--comment={HOSTILE}",), entry=(python, *plan.entry[1:]))
     ctx = render.RenderContext("GOLDEN", ("zerorun", f"name={HOSTILE}", "x\ntouch /tmp/pwned-zr"))
     script = render.sbatch_script(plan, ctx)
     path = tmp_path / "job.sbatch"
     path.write_text(script)
-    out = tmp_path / "argv"
+    out, host_out = tmp_path / "argv", tmp_path / "host-argv"
     Path(plan.run_dir, "logs").mkdir(parents=True)
-    env = {"PATH": f"{_fake_srun_dir(tmp_path)}:/usr/bin:/bin", "ARGV_OUT": str(out), "SLURM_JOB_ID": "7"}
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ARGV_OUT": str(out), "HOST_OUT": str(host_out), "SLURM_JOB_ID": "7"}
     proc = subprocess.run(["bash", str(path)], env=env, capture_output=True, text=True, timeout=30)
-    assert proc.returncode == 0, proc.stderr
+    # srun's status reaches the batch host's step, whose status is the job's
+    assert proc.returncode == 75, proc.stderr
+    assert host_out.read_bytes().decode().split("\0")[:-1] == ["-u", "-m", "jobs.host", "after", "75", plan.run_dir]
     cwd, *argv = out.read_bytes().decode().split("\0")[:-1]
     assert cwd == str(workdir)
-    assert argv[-5:] == [PYTHON, "-u", "-m", "jobs.rank", plan.run_dir]
+    assert argv[-5:] == [python, "-u", "-m", "jobs.rank", plan.run_dir]
     assert f"--comment={HOSTILE}" in argv
     assert Path(plan.run_dir, "logs", "7_batch.out").exists(), "the batch log lands in the hostile run folder"
     assert argv[3] == "--output=" + plan.run_dir.replace("%", "%%") + "/logs/%j_%t.out"
@@ -183,13 +192,13 @@ def test_quoting_helpers():
 def test_partition_with_a_space_is_a_preflight_problem_not_a_broken_script(compose):
     plan = plan_of(compose, "cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1",
                    "cluster.partition='de bug'")
-    problems = preflight.plan_problems(plan)
+    problems = preflight.check(plan, preflight.ClusterFacts(error="not asked")).problems
     assert any("--partition='de bug'" in p for p in problems)
 
 
 def test_rank_table_follows_the_rendezvous_contract(compose):
     plan = plan_of(compose, *GOLDEN_PLANS["deepspeed_2x4"])
-    rows = render.rank_table(plan)
+    rows = get_backend("slurm").rank_table(plan)
     assert [(r.rank, r.node_rank, r.local_rank) for r in rows] == [(n * 4 + lr, n, lr) for n in (0, 1) for lr in range(4)]
     assert {r.world_size for r in rows} == {8} and {r.master.split(":")[0] for r in rows} == {"node0"}
     assert [r.device for r in rows[:4]] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
@@ -205,7 +214,7 @@ def test_big_job_renders_script_and_table_within_a_second(compose):
                                gpus_per_node=8)
     start = time.perf_counter()
     script = render.sbatch_script(plan, CTX)
-    text = render.table_text(render.rank_table(plan))
+    text = render.table_text(get_backend("slurm").rank_table(plan))
     elapsed = time.perf_counter() - start
     assert "#SBATCH --nodes=512" in script and len(text.splitlines()) == 4097
     assert elapsed <= 1.0, f"512x8 rendered in {elapsed:.2f} s"

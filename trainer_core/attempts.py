@@ -1,8 +1,9 @@
-"""A run's attempts: one line of JSON per event in attempts.jsonl: start, first_step, signal, checkpoint, end,
-requeue (the last: a requeue ends the job's processes).
+"""A run's attempts: one line of JSON per event in attempts.jsonl.
 
-Rank 0 appends; `zerorun status` reads. Each event is one short line written with a single append, so a kill
-at any moment leaves whole lines (a torn last line is skipped when reading).
+Ranks append rank_start (each rank, first thing), start, first_step, signal, checkpoint and end (rank 0); the
+batch host appends requeue (what followed a resumable stop) or failed (a rank failed, or never started).
+`zerorun status` reads. Each event is one short line written with a single append, so a kill at any moment
+leaves whole lines (a torn last line is skipped when reading).
 """
 
 from __future__ import annotations
@@ -14,16 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-FILE = "attempts.jsonl"
+from trainer_core import layout
+from trainer_core.durable import append_line
+
+FILE = layout.ATTEMPTS
 
 
 def append(run_dir: str | os.PathLike, event: str, **facts: Any) -> None:
-    line = json.dumps({"event": event, "time": round(time.time(), 3), **facts}, sort_keys=True) + "\n"
-    fd = os.open(Path(run_dir) / FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, line.encode())
-    finally:
-        os.close(fd)
+    append_line(Path(run_dir) / FILE, json.dumps({"event": event, "time": round(time.time(), 3), **facts},
+                                                  sort_keys=True))
 
 
 def read(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -54,27 +54,53 @@ class Attempt:
     end: Optional[str] = None
     end_step: Optional[int] = None
     exit_code: Optional[int] = None
+    world_size: Optional[int] = None
+    # the stop's signal event (signal, at, step), when a signal stopped this attempt
+    stop: Optional[dict[str, Any]] = None
+    # why the batch host recorded this attempt as failed
+    failure: Optional[str] = None
 
 
 def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
-    """Group events into attempts (each starts with a "start" event)."""
+    """Group events into attempts. An attempt opens with rank 0's rank_start (or, in records written before
+    ranks reported their start, with "start"); the "start" that follows in the same job fills in its facts."""
     out: list[Attempt] = []
+    opened_by: Optional[tuple[str, int]] = None
     for e in events:
-        if e["event"] == "start":
-            out.append(Attempt(len(out) + 1, str(e.get("job_id", "")), e.get("resumed_from_step"),
-                               int(e.get("restart_count") or 0)))
+        kind = e["event"]
+        ident = (str(e.get("job_id", "")), int(e.get("restart_count") or 0))
+        if kind == "rank_start" and int(e.get("rank", -1)) == 0:
+            out.append(Attempt(len(out) + 1, ident[0], None, ident[1], world_size=e.get("world_size")))
+            opened_by = ident
+        elif kind == "start":
+            if opened_by != ident or not out:
+                out.append(Attempt(len(out) + 1, ident[0], None, ident[1]))
+            out[-1].resumed_from_step = e.get("resumed_from_step")
+            out[-1].world_size = e.get("world_size", out[-1].world_size)
+            opened_by = None
         elif out:
             a = out[-1]
-            if e["event"] == "signal":
-                a.signals.append(f"{e.get('signal')} ({e.get('cause')})")
-                a.cause = e.get("cause")
-            elif e["event"] == "checkpoint":
+            if kind == "signal":
+                a.signals.append(str(e.get("signal")))
+                a.stop = e
+            elif kind == "checkpoint":
                 a.checkpoint_step = e.get("step")
-            elif e["event"] == "requeue":
+            elif kind == "requeue":
                 a.requeued, a.requeue, a.exit_code = bool(e.get("requeued")), e.get("reason"), e.get("exit_code")
-            elif e["event"] == "end":
+                a.cause = e.get("cause")
+                if a.signals and a.cause:
+                    a.signals[-1] = f"{a.signals[-1]} ({a.cause})"
+            elif kind == "end":
                 a.end, a.end_step = e.get("status"), e.get("step")
+            elif kind == "failed":
+                a.failure, a.exit_code = e.get("reason"), e.get("exit_code")
     return out
+
+
+def current(events: list[dict[str, Any]]) -> Optional[Attempt]:
+    """The newest attempt (None before any rank started)."""
+    runs = attempts(events)
+    return runs[-1] if runs else None
 
 
 def requeue_counts(events: list[dict[str, Any]]) -> dict[str, int]:

@@ -1,0 +1,78 @@
+"""The Slurm backend: an sbatch script (cluster/render.py) submitted with sbatch, followed with squeue, sacct
+and scontrol (cluster/slurm.py), and inside the job the rank contract derived from Slurm's variables
+(cluster/rendezvous.py); on the batch host, the job's clock and `scontrol requeue` (cluster/requeue.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, TextIO
+
+from cluster import preflight, render, rendezvous, requeue, slurm
+from cluster.plan import JobPlan
+from trainer_core import layout
+from trainer_core.contract import Rendezvous
+
+
+class SlurmBackend:
+    name = "slurm"
+    no_requeue: Optional[str] = None
+    runs_in_foreground = False
+
+    def script_files(self, plan: JobPlan, ctx: render.RenderContext) -> dict[str, str]:
+        return {render.SCRIPT_NAME: render.sbatch_script(plan, ctx)}
+
+    def rank_table(self, plan: JobPlan) -> list[render.RankRow]:
+        return render.rank_table(plan, [f"node{n}" for n in range(plan.nodes)],
+                                 port=render.port_text(plan, f"<{rendezvous.PORT_BASE}+jobid%{rendezvous.PORT_SPAN}>"))
+
+    def probe(self) -> preflight.ClusterFacts:
+        return preflight.probe()
+
+    def preflight(self, plan: JobPlan, facts: preflight.ClusterFacts) -> preflight.Preflight:
+        problems = preflight.plan_problems(plan) + preflight.slurm_plan_problems(plan)
+        notes = []
+        if facts.answered:
+            problems += preflight.cluster_problems(plan, facts)
+        else:
+            notes.append(f"the cluster was not asked ({facts.error}): partition, nodes and memory were not checked")
+        return preflight.Preflight(problems, notes)
+
+    def ask_scheduler(self, run_dir: str, facts: preflight.ClusterFacts, out: TextIO) -> list[str]:
+        return preflight.ask_test_only(run_dir, None, facts, out, "script")
+
+    def launch(self, plan: JobPlan, run_dir: str, out: TextIO, err: TextIO) -> tuple[str, int]:
+        return slurm.sbatch(run_dir), 0
+
+    def query(self, job_ids: list[str]) -> dict[str, slurm.JobState]:
+        return slurm.query(job_ids)
+
+    def cancel(self, job_id: str) -> None:
+        slurm.scancel(job_id)
+
+    def rank_logs(self, run_dir: Path, job_id: Optional[str]) -> dict[int, Path]:
+        found: dict[int, Path] = {}
+        if job_id is None:  # the newest job's
+            candidates = sorted((run_dir / layout.LOGS).glob("*_*.out"), key=lambda p: p.stat().st_mtime)
+            for p in candidates:
+                head, _, rank = p.stem.rpartition("_")
+                if rank.isdigit() and head.isdigit():
+                    job_id = head
+        if job_id is None:
+            return found
+        for p in (run_dir / layout.LOGS).glob(f"{job_id}_*.out"):
+            rank = p.stem.rpartition("_")[2]
+            if rank.isdigit():
+                found[int(rank)] = p
+        return dict(sorted(found.items()))
+
+    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
+        return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node)
+
+    def job_identity(self, environ: Mapping[str, str]) -> tuple[str, int]:
+        return environ.get(rendezvous.SLURM_ENV["job_id"], "0"), rendezvous.restart_count(environ)
+
+    def job_clock(self, environ: Mapping[str, str]) -> Optional[requeue.JobClock]:
+        return requeue.job_clock(requeue.job_to_requeue(environ))
+
+    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
+        return requeue.scontrol_requeue(requeue.job_to_requeue(environ))

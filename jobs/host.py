@@ -1,0 +1,118 @@
+"""What the job script runs on the batch host once every rank has exited (`python -m jobs.host after ...`), and
+what the local backend runs in the launching process: read how the ranks ended, decide what follows, record it.
+
+- Every rank exited 0: the run completed (the ranks recorded it); nothing to do.
+- The ranks exited resumable (trainer_core.contract.EXIT_RESUMABLE): they stopped on a signal and checkpointed.
+  Why the signal came (preemption, time limit, scancel) is read here from the scheduler (the backend's job
+  clock), the requeue decision is the pure `cluster.requeue.decide`, and the one side effect is the backend's
+  requeue. The decision is appended to the run's attempts record as a "requeue" event.
+- Anything else: the job failed. So does a job in which not every rank started (a launch failure that the
+  launcher itself did not report): the script exits non-zero and the scheduler records the job as failed.
+
+This runs outside the ranks (and outside any container they run in), where the scheduler's commands are.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+from cluster import requeue
+from cluster.backends import Backend, get_backend
+from trainer_core import attempts
+from trainer_core.contract import EXIT_RESUMABLE
+
+
+@dataclass(frozen=True)
+class After:
+    exit_code: int
+    # what the job's log and the record say about it ("" when the run simply completed)
+    message: str
+
+
+def started_ranks(events: list[dict], job_id: str, restart_count: int) -> set[int]:
+    """The ranks that reported their start in this attempt of the job (jobs/rank.py writes one event each)."""
+    return {int(e["rank"]) for e in events if e["event"] == "rank_start" and str(e.get("job_id")) == job_id
+            and int(e.get("restart_count") or 0) == restart_count}
+
+
+def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size: int, job_signal: str,
+                signal_delay_s: int, max_timeouts: int, max_preemptions: Optional[int], requeue_enabled: bool,
+                environ: Mapping[str, str]) -> After:
+    events = attempts.read(run_dir)
+    job_id, restart = backend.job_identity(environ)
+    missing = sorted(set(range(world_size)) - started_ranks(events, job_id, restart))
+    if missing and ranks_status != EXIT_RESUMABLE:
+        shown = ", ".join(map(str, missing[:16])) + (" ..." if len(missing) > 16 else "")
+        why = (f"{len(missing)} of {world_size} ranks never started (rank {shown}); the launcher's exit status was "
+               f"{ranks_status}: see the job's batch log")
+        attempts.append(run_dir, "failed", job_id=job_id, exit_code=ranks_status or 1, reason=why, ranks=missing)
+        return After(ranks_status or 1, why)
+    if ranks_status == 0:
+        return After(0, "")
+    if ranks_status != EXIT_RESUMABLE:
+        why = f"a rank failed (exit status {ranks_status}); `zerorun status {run_dir}` names it"
+        attempts.append(run_dir, "failed", job_id=job_id, exit_code=ranks_status, reason=why)
+        return After(ranks_status, why)
+
+    current = attempts.current(events)
+    stop = current.stop if current else None
+    cause = "terminated"
+    if stop is not None:
+        signal_name = stop.get("signal") or job_signal
+        clock = backend.job_clock(environ)
+        if clock is None and backend.no_requeue:
+            # no scheduler clock to read: the local launcher forwards the job's signal to rehearse a preemption
+            cause = "preemption" if signal_name == requeue.signal_name(job_signal) else "terminated"
+        else:
+            cause = requeue.stop_cause(signal_name, requeue.signal_name(job_signal), stop.get("at") or 0.0, clock,
+                                       signal_delay_s)
+    counts = attempts.requeue_counts(events)
+    decision = requeue.decide(
+        cause, checkpointed=current is not None and current.checkpoint_step is not None,
+        timeouts_so_far=counts["timeout"], max_timeouts=max_timeouts,
+        preemptions_so_far=counts["preemption"], max_preemptions=max_preemptions,
+        no_requeue=backend.no_requeue or (None if requeue_enabled else "cluster.requeue=false: not requeued"),
+    )
+    requeued, reason, code = decision.requeue, decision.reason, decision.exit_code
+    if decision.requeue:
+        ok, what = backend.requeue(environ)
+        if not ok:
+            requeued, code = False, EXIT_RESUMABLE
+            reason = f"{what}; the run is resumable with resume={run_dir}"
+    step = current.checkpoint_step if current else None
+    attempts.append(run_dir, "requeue", cause=cause, requeued=requeued, reason=reason, step=step, exit_code=code)
+    return After(code, f"stopped at step {step} ({cause}): {reason}")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """`python -m jobs.host after STATUS RUN_DIR` or `... after STATUS --array SWEEP_INDEX_FILE`."""
+    import os
+
+    from jobs.rank import run_dir_from_args
+    from jobs.runs import load_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or args[0] != "after" or not args[1].lstrip("-").isdigit():
+        print("usage: python -m jobs.host after STATUS RUN_DIR | ... after STATUS --array SWEEP_INDEX_FILE",
+              file=sys.stderr)
+        return 2
+    status = int(args[1])
+    run_dir = run_dir_from_args(args[2:], os.environ)
+    if run_dir is None:
+        return status or 3
+    cfg = load_config(run_dir)
+    c = cfg.cluster
+    result = after_ranks(run_dir, status, backend=get_backend(str(c.backend)),
+                         world_size=int(c.nodes) * int(c.tasks_per_node), job_signal=str(c.signal),
+                         signal_delay_s=int(c.signal_delay_s), max_timeouts=int(cfg.requeue.max_timeouts),
+                         max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=bool(c.get("requeue", True)),
+                         environ=os.environ)
+    if result.message:
+        print(f"zerorun: {result.message}", flush=True)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
