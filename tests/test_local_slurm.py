@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from cluster import local_slurm
-from cluster import local_slurm_procs as procs
-from cluster import local_slurm_system as system
-from cluster.local_slurm_config import (
+import cluster.localslurm as localslurm
+import cluster.localslurm.procs as procs
+import cluster.localslurm.system as system
+from cluster.localslurm.config import (
     ClusterSpec,
     LocalSlurmError,
     add_hosts_entry,
@@ -136,7 +136,7 @@ def test_conf_link_decision_never_steals_a_live_clusters_link():
 
 
 def test_submission_side_does_not_import_the_ml_stack():
-    code = ("import sys, cluster.local_slurm, cluster.local_slurm_system; "
+    code = ("import sys, cluster.localslurm; "
             "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning', 'deepspeed', 'transformers',"
             " 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -146,14 +146,14 @@ def test_submission_side_does_not_import_the_ml_stack():
 # --- bad input: each refused with a message that names the fix, nothing started -----------------------------
 
 def run_cli(*argv: str, user: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cluster.local_slurm", *argv]
+    cmd = [sys.executable, "-m", "cluster.localslurm", *argv]
     if user:
         # The venv's interpreter may sit under root's home, out of another user's reach; the cluster package is
         # standard library only, so any Python 3.10+ that user can run will do.
         python = next((p for p in (sys.executable, "/usr/bin/python3") if _runs_as(user, p)), None)
         if python is None:
             pytest.fail(f"no Python interpreter that {user!r} may execute (tried {sys.executable}, /usr/bin/python3)")
-        cmd = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={REPO}", python, "-m", "cluster.local_slurm", *argv]
+        cmd = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={REPO}", python, "-m", "cluster.localslurm", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
 
 
@@ -205,14 +205,14 @@ def test_status_exits_non_zero_when_not_up(tmp_path):
 
 # --- the real cluster -----------------------------------------------------------------------------------------
 
-def slurm(cluster: local_slurm.LocalCluster, *argv: str, timeout: float = 60) -> str:
+def slurm(cluster: localslurm.LocalCluster, *argv: str, timeout: float = 60) -> str:
     done = subprocess.run(list(argv), env={**os.environ, **cluster.env()}, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, f"{' '.join(argv)} failed: {done.stderr}"
     return done.stdout
 
 
-def sbatch(cluster: local_slurm.LocalCluster, *argv: str) -> str:
+def sbatch(cluster: localslurm.LocalCluster, *argv: str) -> str:
     return slurm(cluster, "sbatch", "--parsable", *argv).strip().split(";")[0]
 
 
@@ -225,7 +225,7 @@ def wait_until(condition, timeout: float) -> bool:
     return True
 
 
-def wait_for_job(cluster: local_slurm.LocalCluster, job: str, rows: int = 1, timeout: float = 60) -> dict[str, tuple]:
+def wait_for_job(cluster: localslurm.LocalCluster, job: str, rows: int = 1, timeout: float = 60) -> dict[str, tuple]:
     """{job id: (state, exit code)} from sacct once `rows` allocations have ended (sacct lags slurmctld)."""
     deadline = time.monotonic() + timeout
     seen: dict[str, tuple] = {}
@@ -371,58 +371,58 @@ def test_up_refuses_a_state_folder_of_another_running_cluster(slurm_cluster):
     assert refused.returncode != 0
     assert f"belongs to cluster {slurm_cluster.cluster_name!r}, which is running" in refused.stderr, refused.stderr
     assert "--state-dir" in refused.stderr and "zerorun cluster down" in refused.stderr
-    assert local_slurm.current(slurm_cluster.state_dir) is not None, "the refusal must leave the cluster running"
+    assert localslurm.current(slurm_cluster.state_dir) is not None, "the refusal must leave the cluster running"
 
 
 @pytest.mark.slurm
 @pytest.mark.timeout(150)
 def test_up_down_up_of_a_second_cluster_leaves_nothing_behind(slurm_cluster, tmp_path):
     # Own state folder, name and ports, so the session cluster keeps running throughout.
-    spec = dataclasses.replace(local_slurm.default_spec(tmp_path / "second"), cluster_name="zrsecond",
+    spec = dataclasses.replace(localslurm.default_spec(tmp_path / "second"), cluster_name="zrsecond",
                                slurmctld_port=26817, slurmdbd_port=26819, slurmd_base_port=27001)
     hosts_before = Path("/etc/hosts").read_bytes()
     link_before = system.conf_link_state()
     timings = {}
     try:
         started = time.monotonic()
-        first = local_slurm.up(spec)
+        first = localslurm.up(spec)
         timings["up"] = time.monotonic() - started
-        assert local_slurm.up(spec).daemons == first.daemons, "up while up must reuse the running daemons"
+        assert localslurm.up(spec).daemons == first.daemons, "up while up must reuse the running daemons"
         assert str(spec.state_dir) in Path("/etc/hosts").read_text()
 
-        assert local_slurm.down(spec.state_dir) is True
+        assert localslurm.down(spec.state_dir) is True
         assert [d.name for d in first.daemons if procs.is_alive(d)] == []
         assert processes_of(spec.state_dir) == []
         assert Path("/etc/hosts").read_bytes() == hosts_before
         assert system.conf_link_state() == link_before
-        assert local_slurm.down(spec.state_dir) is False, "a second down finds nothing to stop"
+        assert localslurm.down(spec.state_dir) is False, "a second down finds nothing to stop"
 
         # The folder of a cluster that is down can be taken by another cluster name...
         renamed = dataclasses.replace(spec, cluster_name="zrthird")
         started = time.monotonic()
-        again = local_slurm.up(renamed)
+        again = localslurm.up(renamed)
         timings["up again"] = time.monotonic() - started
         slurm(again, "srun", "-N2", "true")
         # A cluster missing one daemon is not up; `up` restarts it whole.
         crashed = next(d for d in again.daemons if d.name == "slurmd-n2")
         os.kill(crashed.pid, signal.SIGKILL)
-        assert wait_until(lambda: local_slurm.current(spec.state_dir) is None, timeout=10)
-        healed = local_slurm.up(renamed)
+        assert wait_until(lambda: localslurm.current(spec.state_dir) is None, timeout=10)
+        healed = localslurm.up(renamed)
         assert all(procs.is_alive(d) for d in healed.daemons)
         assert not any(procs.is_alive(d) for d in again.daemons), "the survivors were restarted, not kept"
         again = healed
         # ...but not while that one runs.
         with pytest.raises(LocalSlurmError, match="belongs to cluster 'zrthird', which is running"):
-            local_slurm.up(spec)
-        local_slurm.down(spec.state_dir)
+            localslurm.up(spec)
+        localslurm.down(spec.state_dir)
         assert [d.name for d in again.daemons if procs.is_alive(d)] == []
         assert Path("/etc/hosts").read_bytes() == hosts_before
         manifest = json.loads((spec.state_dir / "cluster.json").read_text())
         assert manifest["hosts"] is None and manifest["conf_link"] is None
     finally:
-        local_slurm.down(spec.state_dir, say=lambda _: None)
+        localslurm.down(spec.state_dir, say=lambda _: None)
     print(f"\nsecond cluster: up {timings['up']:.1f} s, up again {timings['up again']:.1f} s")
-    assert local_slurm.current(slurm_cluster.state_dir) is not None, "the session cluster must still run"
+    assert localslurm.current(slurm_cluster.state_dir) is not None, "the session cluster must still run"
 
 
 def processes_of(state_dir: Path) -> list[str]:
@@ -444,19 +444,19 @@ def processes_of(state_dir: Path) -> list[str]:
 
 @pytest.mark.slurm
 def test_a_daemon_failing_during_up_stops_the_ones_started_before_it(slurm_cluster, tmp_path):
-    spec = dataclasses.replace(local_slurm.default_spec(tmp_path / "broken"), cluster_name="zrbroken",
+    spec = dataclasses.replace(localslurm.default_spec(tmp_path / "broken"), cluster_name="zrbroken",
                                slurmctld_port=26817, slurmdbd_port=26819, slurmd_base_port=27001)
     # A database folder without its system tables: up skips creating it, and MariaDB aborts on start.
     (spec.paths.mysql_data / "mysql").mkdir(parents=True)
     hosts_before = Path("/etc/hosts").read_bytes()
     started = time.monotonic()
     with pytest.raises(LocalSlurmError, match=r"mariadbd exited(.|\n)*Fatal error"):
-        local_slurm.up(spec)
+        localslurm.up(spec)
     assert time.monotonic() - started < 30, "the failure must be noticed when mariadbd exits, not after a timeout"
     assert processes_of(spec.state_dir) == [], "every daemon started before the failure is stopped"
     assert list(spec.paths.pids.glob("*.json")) == []
     assert Path("/etc/hosts").read_bytes() == hosts_before
-    assert local_slurm.current(spec.state_dir) is None
+    assert localslurm.current(spec.state_dir) is None
 
 
 @pytest.mark.slurm

@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from cluster.local_slurm_config import (
+from cluster.localslurm.config import (
     HOSTS_FILE,
     PACKAGES,
     SYSTEM_SLURM_CONF,
@@ -26,7 +26,7 @@ from cluster.local_slurm_config import (
     remove_hosts_entry,
     unsupported_distribution,
 )
-from cluster.local_slurm_procs import log_tails
+from cluster.localslurm.procs import log_tails
 
 
 def require_root(verb: str) -> None:

@@ -1,21 +1,14 @@
-"""`zerorun cluster up | down | status`: a real Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, N slurmd) on
-this machine, for tests and for trying the submission layer without a real cluster.
+"""The local cluster's life: `up`, `down`, `status` and `current`, and the manifest that ties them together.
 
-    up      install what is missing, write configs under the state folder, start every daemon in its own
-            session, register the cluster in accounting, wait until all nodes are idle and `srun` works
-    down    stop every daemon by the pid `up` recorded and undo the two system edits; safe to repeat
-    status  daemons (pid, alive), nodes, partitions and queue; exit status 1 when the cluster is not up
-
-Python API (used by the test fixture and the submission layer): `up(spec)`, `down(state_dir)`,
-`current(state_dir)` and the `LocalCluster` they return. The pure half (spec, rendered configs, daemon argv)
-is in local_slurm_config.py; processes in local_slurm_procs.py; system edits in local_slurm_system.py;
-questions to the running cluster (sacctmgr, sinfo, srun) in local_slurm_probe.py.
-Everything runs with argv lists, never through a shell.
+`up` installs what is missing, writes the configs under the state folder, starts every daemon in its own session,
+registers the cluster in accounting and waits until all nodes are idle and `srun` works. `down` stops every daemon
+by the pid `up` recorded and undoes the system edits; it is safe to repeat. The pure half (spec, rendered configs,
+daemon argv) is in config.py; processes in procs.py; system edits in system.py; questions to the running cluster
+(sacctmgr, sinfo, srun) in probe.py. Everything runs with argv lists, never through a shell.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -24,15 +17,14 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import local_slurm_probe as probe
-from cluster import local_slurm_procs as procs
-from cluster import local_slurm_system as system
-from cluster.local_slurm_config import (
+import cluster.localslurm.probe as probe
+import cluster.localslurm.procs as procs
+import cluster.localslurm.system as system
+from cluster.localslurm.config import (
     DEFAULT_PARTITION,
     HIGH_PARTITION,
     PARTITIONS,
@@ -48,8 +40,8 @@ from cluster.local_slurm_config import (
     resolve_state_dir,
 )
 
-__all__ = ["ClusterSpec", "LocalCluster", "LocalSlurmError", "current", "default_spec", "down", "main",
-           "recorded_spec", "status", "up"]
+__all__ = ["ClusterSpec", "LocalCluster", "LocalSlurmError", "current", "default_spec", "down", "recorded_spec",
+           "status", "up"]
 
 Say = Callable[[str], None]
 
@@ -365,73 +357,3 @@ def status(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
     up_now = all(alive.values())
     say(f"export SLURM_CONF={spec.paths.slurm_conf}" if up_now else "the cluster is not up: `zerorun cluster up`")
     return up_now
-
-
-# --- CLI ------------------------------------------------------------------------------------------------------
-
-_SPEC_FLAGS = {  # flag: (ClusterSpec field, help)
-    "--cluster-name": ("cluster_name", "Slurm ClusterName, recorded in the state folder"),
-    "--nodes": ("nodes", "number of slurmd nodes, named n1..nN"),
-    "--cpus-per-node": ("cpus_per_node", "CPUs each node offers (all nodes share this machine's cores)"),
-    "--real-memory": ("real_memory_mb", "MB each node offers: the most a job may ask with --mem"),
-    "--slurmctld-port": ("slurmctld_port", "TCP port of slurmctld"),
-    "--slurmdbd-port": ("slurmdbd_port", "TCP port of slurmdbd"),
-    "--slurmd-base-port": ("slurmd_base_port", "TCP port of n1's slurmd; node i uses this + i - 1"),
-    "--max-array-size": ("max_array_size", "Slurm MaxArraySize: job array indices stay below it"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zerorun cluster", description=__doc__.split("\n\n")[0])
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    for verb, text in (("up", "start the cluster (installs packages if needed)"),
-                       ("down", "stop every daemon and undo the system edits"),
-                       ("status", "daemons, nodes, partitions and queue; exit 1 when not up")):
-        sub = verbs.add_parser(verb, help=text, description=text)
-        sub.add_argument("--state-dir", help="folder for every config and state file"
-                         " (default: $ZERORUN_LOCAL_SLURM_DIR or ~/.zerorun/local-slurm)")
-        if verb != "up":
-            continue
-        defaults = ClusterSpec(Path("."))
-        for flag, (field, help_text) in _SPEC_FLAGS.items():
-            value = getattr(defaults, field) if field != "cpus_per_node" else "CPUs of this machine"
-            # default=None: only flags given explicitly override what the state folder recorded last time.
-            sub.add_argument(flag, dest=field, type=type(getattr(defaults, field)), default=None,
-                             metavar="PORT" if field.endswith("port") else "NAME" if field == "cluster_name" else "N",
-                             help=f"{help_text} (default: {value})")
-        sub.add_argument("--os-release", type=Path, default=Path("/etc/os-release"),
-                         help="read the distribution from this file (tests point it at a fake)")
-        sub.add_argument("--no-smoke-test", dest="smoke_test", action="store_false",
-                         help="skip the final `srun -N<all> true`")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.verb in ("up", "down") and os.geteuid() != 0 and system.sudo_works():
-            return _rerun_with_sudo(argv, args)
-        if args.verb == "up":
-            base = recorded_spec(args.state_dir) or default_spec(args.state_dir)
-            overrides = {f: getattr(args, f) for f, _ in _SPEC_FLAGS.values() if getattr(args, f) is not None}
-            up(dataclasses.replace(base, **overrides), os_release=args.os_release, smoke_test=args.smoke_test)
-            return 0
-        if args.verb == "down":
-            down(args.state_dir)
-            return 0
-        return 0 if status(args.state_dir) else 1
-    except LocalSlurmError as e:
-        print(f"zerorun cluster {args.verb}: error: {e}", file=sys.stderr)
-        return 1
-
-
-def _rerun_with_sudo(argv: list[str], args: argparse.Namespace) -> int:
-    # The state folder is resolved here, as the calling user: under sudo, ~ would be root's home.
-    state = ["--state-dir", str(resolve_state_dir(args.state_dir))] if args.state_dir is None else []
-    cmd = ["sudo", "-n", sys.executable, "-m", "cluster.local_slurm", *argv, *state]
-    print(f"not root; running `{' '.join(cmd)}`", file=sys.stderr)
-    return subprocess.run(cmd).returncode
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

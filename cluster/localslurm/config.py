@@ -1,6 +1,6 @@
 """What a local Slurm cluster is, as pure data: the spec, its file layout, its config files and daemon argv.
 
-Nothing here touches the machine. `cluster/local_slurm.py` reads the machine, decides with these functions and
+Nothing here touches the machine. lifecycle.py reads the machine, decides with these functions and
 then acts, so every rendered file and every command line can be compared in a unit test.
 """
 

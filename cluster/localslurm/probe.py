@@ -9,8 +9,8 @@ import os
 import subprocess
 import time
 
-from cluster.local_slurm_config import DEFAULT_PARTITION, ClusterSpec, LocalSlurmError
-from cluster.local_slurm_procs import log_tails
+from cluster.localslurm.config import DEFAULT_PARTITION, ClusterSpec, LocalSlurmError
+from cluster.localslurm.procs import log_tails
 
 
 def slurm(spec: ClusterSpec, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:

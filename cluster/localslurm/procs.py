@@ -15,7 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.local_slurm_config import PACKAGES, DaemonPlan, LocalSlurmError
+from cluster.localslurm.config import PACKAGES, DaemonPlan, LocalSlurmError
 
 
 @dataclass(frozen=True)
