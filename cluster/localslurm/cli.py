@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("down", "stop every daemon and undo the system edits"),
                        ("status", "daemons, nodes, partitions and queue; exit 1 when not up")):
         sub = verbs.add_parser(verb, help=text, description=text)
-        sub.add_argument("--state-dir", help="folder for every config and state file"
-                         " (default: $ZERORUN_LOCAL_SLURM_DIR or ~/.zerorun/local-slurm)")
+        sub.add_argument("--state-dir", help="folder for every config and state file; root must own it and every"
+                         " folder above it (default: $ZERORUN_LOCAL_SLURM_DIR, else ~/.zerorun/local-slurm for root"
+                         " and /var/lib/zerorun/local-slurm for other users)")
         if verb != "up":
             continue
         defaults = ClusterSpec(Path("."))
@@ -77,7 +78,7 @@ def main(argv: list[str]) -> int:
 
 
 def _rerun_with_sudo(argv: list[str], args: argparse.Namespace) -> int:
-    # The state folder is resolved here, as the calling user: under sudo, ~ would be root's home.
+    # The state folder is resolved here, as the calling user: under sudo, root's default would apply instead.
     state = ["--state-dir", str(resolve_state_dir(args.state_dir))] if args.state_dir is None else []
     cmd = ["sudo", "-n", sys.executable, "-m", "cluster.localslurm", *argv, *state]
     print(f"not root; running `{' '.join(cmd)}`", file=sys.stderr)
