@@ -742,7 +742,35 @@ def test_down_ends_the_jobs_still_running(slurm_cluster, tmp_path):
         localslurm.down(spec.state_dir, say=lambda _: None)
         assert not runs(task), "down must kill what the jobs left running"
         assert processes_of(spec.state_dir) == []
+        assert not spec.paths.munge_run.exists(), "down removes the cluster's folder under /run"
     finally:
         localslurm.down(spec.state_dir, say=lambda _: None)
     assert localslurm.current(slurm_cluster.state_dir) is not None, "the session cluster must still run"
 
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+def test_an_unprivileged_user_submits_a_job_that_completes(slurm_cluster):
+    # A state folder everyone may enter (the session cluster's, in root's home, is not): the user's sbatch reads
+    # slurm.conf there and reaches munged through its socket under /run.
+    state = Path("/tmp") / f"zr-user-{os.getpid()}"
+    user = f"zrtest{os.getpid()}"
+    out = Path("/tmp") / f"{user}.out"
+    spec = spare_spec(state, "zruser")
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    try:
+        cluster = localslurm.up(spec, smoke_test=False, say=lambda _: None)
+        submitted = subprocess.run(
+            ["runuser", "-u", user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", "sbatch", "--parsable",
+             "-o", str(out), "--wrap", "id -un"], capture_output=True, text=True, cwd="/tmp", timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        job = submitted.stdout.strip().split(";")[0]
+        assert wait_for_job(cluster, job) == {job: ("COMPLETED", "0:0")}
+        assert out.read_text().strip() == user, "the job runs as the user who submitted it"
+        assert out.stat().st_uid == pwd.getpwnam(user).pw_uid
+    finally:
+        localslurm.down(spec.state_dir, say=lambda _: None)
+        subprocess.run(["userdel", user], capture_output=True)
+        out.unlink(missing_ok=True)
+        shutil.rmtree(state, ignore_errors=True)

@@ -358,6 +358,10 @@ def down(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
             survivors = procs.kill_all(leftovers)
             say(f"  killed {len(leftovers)} process(es) left by jobs"
                 + (f"; still alive: {' '.join(map(str, survivors))}" if survivors else ""))
+        # munged leaves its socket behind; the folder under /run is this cluster's alone.
+        spec.paths.munge_socket.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            spec.paths.munge_run.rmdir()
         manifest = _read_manifest(spec.state_dir) or {}
         if manifest.get("units_disabled"):
             system.disable_units(set(manifest["units_disabled"]) & system.enabled_units())
