@@ -626,6 +626,7 @@ def test_a_daemon_failing_during_up_stops_the_ones_started_before_it(slurm_clust
     assert time.monotonic() - started < 30, "the failure must be noticed when mariadbd exits, not after a timeout"
     assert processes_of(spec.state_dir) == [], "every daemon started before the failure is stopped"
     assert list(spec.paths.pids.glob("*.json")) == []
+    assert not spec.paths.munge_run.exists()
     assert Path("/etc/hosts").read_bytes() == hosts_before
     assert localslurm.current(spec.state_dir) is None
 

@@ -185,6 +185,7 @@ def _start(spec: ClusterSpec, manifest: dict, smoke_test: bool, say: Say) -> Loc
         for record in reversed(started):
             procs.stop(record)
             spec.paths.pid_record(record.name).unlink(missing_ok=True)
+        _remove_runtime_folder(spec)
         _undo_system_edits(spec, manifest, say)
         raise
     cluster = LocalCluster.of(spec, tuple(started))
@@ -300,6 +301,13 @@ def _undo_system_edits(spec: ClusterSpec, manifest: dict, say: Say) -> None:
         _write_manifest(spec, manifest)
 
 
+def _remove_runtime_folder(spec: ClusterSpec) -> None:
+    """munged leaves its socket behind once stopped; the folder under /run holding it is this cluster's alone."""
+    spec.paths.munge_socket.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        spec.paths.munge_run.rmdir()
+
+
 def _alive(state_dir: Path) -> bool:
     return current(state_dir) is not None
 
@@ -358,10 +366,7 @@ def down(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
             survivors = procs.kill_all(leftovers)
             say(f"  killed {len(leftovers)} process(es) left by jobs"
                 + (f"; still alive: {' '.join(map(str, survivors))}" if survivors else ""))
-        # munged leaves its socket behind; the folder under /run is this cluster's alone.
-        spec.paths.munge_socket.unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            spec.paths.munge_run.rmdir()
+        _remove_runtime_folder(spec)
         manifest = _read_manifest(spec.state_dir) or {}
         if manifest.get("units_disabled"):
             system.disable_units(set(manifest["units_disabled"]) & system.enabled_units())
