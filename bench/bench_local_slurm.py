@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from cluster import local_slurm
-from cluster.local_slurm_config import PACKAGES, ClusterSpec
-from cluster.local_slurm_system import missing_packages
+import cluster.localslurm as localslurm
+from cluster.localslurm.config import PACKAGES, ClusterSpec
+from cluster.localslurm.system import missing_packages
 
 
 def bench_spec(state_dir: Path) -> ClusterSpec:
@@ -38,7 +38,7 @@ def bench_spec(state_dir: Path) -> ClusterSpec:
 
 def timed_up(spec: ClusterSpec) -> float:
     start = time.monotonic()
-    local_slurm.up(spec, smoke_test=False, say=lambda _: None)
+    localslurm.up(spec, smoke_test=False, say=lambda _: None)
     return time.monotonic() - start
 
 
@@ -48,7 +48,7 @@ def purge_packages() -> None:
                    stdout=subprocess.DEVNULL)
 
 
-def submit_latency(cluster: local_slurm.LocalCluster) -> float:
+def submit_latency(cluster: localslurm.LocalCluster) -> float:
     env = {**os.environ, **cluster.env()}
     start = time.monotonic()
     job = subprocess.run(["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "true"], env=env, check=True,
@@ -72,9 +72,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         raise SystemExit("run as root: the benchmark starts a local Slurm cluster")
-    if args.from_scratch and local_slurm.current() is not None:
+    if args.from_scratch and localslurm.current() is not None:
         raise SystemExit("--from-scratch removes the packages under the cluster running from"
-                         f" {local_slurm.current().state_dir}: stop it first with `zerorun cluster down`")
+                         f" {localslurm.current().state_dir}: stop it first with `zerorun cluster down`")
 
     work = Path(tempfile.mkdtemp(prefix="zr-bench-", dir="/tmp"))
     figures: list[tuple[str, str]] = []
@@ -83,23 +83,23 @@ def main(argv: list[str]) -> int:
             purge_packages()
             figures.append(("from scratch -> idle nodes", f"{timed_up(bench_spec(work / 'scratch')):.1f} s"
                             f" (apt-get install of {len(PACKAGES)} packages included)"))
-            local_slurm.down(work / "scratch", say=lambda _: None)
+            localslurm.down(work / "scratch", say=lambda _: None)
         else:
             still_missing = missing_packages()
             figures.append(("from scratch -> idle nodes", "not measured (add --from-scratch); packages "
                             + ("missing: " + " ".join(still_missing) if still_missing else "already installed")))
         spec = bench_spec(work / "installed")
         figures.append(("installed, fresh state -> idle nodes", f"{timed_up(spec):.1f} s"))
-        local_slurm.down(spec.state_dir, say=lambda _: None)
+        localslurm.down(spec.state_dir, say=lambda _: None)
         figures.append(("restart (same state folder) -> idle", f"{timed_up(spec):.1f} s"))
-        cluster = local_slurm.current(spec.state_dir)
+        cluster = localslurm.current(spec.state_dir)
         latencies = [submit_latency(cluster) for _ in range(args.jobs)]
         figures.append((f"sbatch -> COMPLETED, median of {args.jobs}",
                         f"{statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f})"))
     finally:
         for state in (work / "scratch", work / "installed"):
             if state.exists():
-                local_slurm.down(state, say=lambda _: None)
+                localslurm.down(state, say=lambda _: None)
         shutil.rmtree(work, ignore_errors=True)
     width = max(len(name) for name, _ in figures)
     for name, value in figures:

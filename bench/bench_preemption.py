@@ -72,7 +72,8 @@ def compose(*overrides: str):  # type: ignore[no-untyped-def]
 def slurm_stops(runs: Path, stops: int, steps: int) -> list[dict[str, float]]:
     """One run stopped `stops` times: the first by a real preemption, the others by the job's signal alone
     (scancel --signal, the same delivery as a time-limit signal, without another job taking the nodes)."""
-    from cluster import local_slurm, slurm
+    import cluster.localslurm as local_slurm
+    from cluster import slurm
     from jobs.app import launch
     from jobs.snapshot import read_record
 

@@ -148,7 +148,7 @@ def main() -> None:
     p.add_argument("--sizes", default="100,1000", help="member counts for zerorun")
     p.add_argument("--stock-sizes", default="100", help="member counts for stock hydra-submitit-launcher")
     args = p.parse_args()
-    from cluster import local_slurm
+    import cluster.localslurm as local_slurm
 
     cluster = local_slurm.current()
     if cluster is None:

@@ -18,7 +18,7 @@ from typing import Callable
 
 
 def _cluster(argv: list[str]) -> int:
-    from cluster.local_slurm import main
+    from cluster.localslurm import main
 
     return main(argv)
 

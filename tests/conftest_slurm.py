@@ -13,17 +13,17 @@ from collections.abc import Iterator
 
 import pytest
 
-from cluster import local_slurm
+import cluster.localslurm as localslurm
 
 __all__ = ["slurm_cluster"]
 
 
 @pytest.fixture(scope="session")
-def slurm_cluster() -> Iterator[local_slurm.LocalCluster]:
+def slurm_cluster() -> Iterator[localslurm.LocalCluster]:
     """LocalCluster facts (nodes, partitions, slurm_conf); SLURM_CONF is set in os.environ for the session."""
     try:
-        cluster = local_slurm.current() or local_slurm.up(local_slurm.recorded_spec() or local_slurm.default_spec())
-    except local_slurm.LocalSlurmError as e:
+        cluster = localslurm.current() or localslurm.up(localslurm.recorded_spec() or localslurm.default_spec())
+    except localslurm.LocalSlurmError as e:
         pytest.fail(f"the local Slurm cluster could not come up (`zerorun cluster up`): {e}", pytrace=False)
     if len(cluster.nodes) < 2:
         pytest.fail(f"the local cluster in {cluster.state_dir} has {len(cluster.nodes)} node(s); the tests need 2:"

@@ -7,11 +7,15 @@ the one stand-in is a fake os-release file, and the test that uses it says so in
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
+import pwd
 import shlex
+import shutil
 import signal
 import socket
+import stat
 import statistics
 import subprocess
 import sys
@@ -20,18 +24,23 @@ from pathlib import Path
 
 import pytest
 
-from cluster import local_slurm
-from cluster import local_slurm_procs as procs
-from cluster import local_slurm_system as system
-from cluster.local_slurm_config import (
+import cluster.localslurm as localslurm
+import cluster.localslurm.conflink as conflink
+import cluster.localslurm.procs as procs
+import cluster.localslurm.system as system
+from cluster.localslurm.config import (
     ClusterSpec,
     LocalSlurmError,
     add_hosts_entry,
     parse_os_release,
     remove_hosts_entry,
     render_slurm_conf,
+    render_slurmdbd_conf,
+    resolve_state_dir,
     unsupported_distribution,
 )
+from cluster.localslurm.daemons import daemon_plans
+from cluster.localslurm.files import secure_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
@@ -48,7 +57,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=/s/sock/munge,cred_expire=5
+AuthInfo=socket=/run/zerorun-local-slurm/8e295f312d7e62d4/munge.socket,cred_expire=5
 StateSaveLocation=/s/slurmctld
 SlurmdSpoolDir=/s/slurmd/%n
 SlurmctldPidFile=/s/run/slurmctld.pid
@@ -61,6 +70,7 @@ SlurmdParameters=config_overrides
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 MpiDefault=none
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 MailProg=/bin/true
 SchedulerParameters=sched_interval=1,bf_interval=1
 KillWait=2
@@ -72,9 +82,9 @@ PreemptType=preempt/partition_prio
 PreemptMode=REQUEUE
 SlurmctldParameters=preempt_send_user_signal
 AccountingStorageType=accounting_storage/slurmdbd
-AccountingStorageHost=localhost
+AccountingStorageHost=127.0.0.1
 AccountingStoragePort=16819
-AccountingStoragePass=/s/sock/munge
+AccountingStoragePass=/run/zerorun-local-slurm/8e295f312d7e62d4/munge.socket
 JobAcctGatherType=jobacct_gather/none
 NodeName=n1 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17001 CPUs=2 RealMemory=8000 State=UNKNOWN
 NodeName=n2 NodeHostname=localhost NodeAddr=127.0.0.1 Port=17002 CPUs=2 RealMemory=8000 State=UNKNOWN
@@ -128,15 +138,126 @@ def test_distribution_decision():
 
 def test_conf_link_decision_never_steals_a_live_clusters_link():
     ours = Path("/a/etc/slurm.conf")
-    assert system.decide_conf_link(("absent", None), ours, False) == "claim"
-    assert system.decide_conf_link(("symlink", str(ours)), ours, True) == "keep"
-    assert system.decide_conf_link(("symlink", "/b/etc/slurm.conf"), ours, True) == "leave"
-    assert system.decide_conf_link(("symlink", "/b/etc/slurm.conf"), ours, False) == "claim"
-    assert system.decide_conf_link(("file", None), ours, False) == "claim"
+    assert conflink.decide(("absent", None), ours, False) == "claim"
+    assert conflink.decide(("symlink", str(ours)), ours, True) == "keep"
+    assert conflink.decide(("symlink", "/b/etc/slurm.conf"), ours, True) == "leave"
+    assert conflink.decide(("symlink", "/b/etc/slurm.conf"), ours, False) == "claim"
+    assert conflink.decide(("file", None), ours, False) == "claim"
+
+
+def fake_state(root: Path) -> Path:
+    """A state folder as conflink sees one: etc/slurm.conf and a cluster.json."""
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "slurm.conf").write_text(f"ClusterName={root.name}\n")
+    (root / "cluster.json").write_text("{}")
+    return root / "etc" / "slurm.conf"
+
+
+def claim(ours: Path, where: conflink.Where) -> dict:
+    record = conflink.plan_claim(ours, conflink.link_state(where), where)
+    conflink.claim(record, where)
+    return record
+
+
+def test_the_machines_slurm_conf_comes_back_whichever_cluster_goes_down_last(tmp_path):
+    # Real files in a folder of the test's own instead of /etc/slurm and /var/lib/zerorun.
+    where = conflink.Where(conf=tmp_path / "etc-slurm" / "slurm.conf", backup=tmp_path / "backup" / "slurm.conf")
+    where.conf.parent.mkdir()
+    where.conf.write_text("the machine's own\n")
+    a, b = fake_state(tmp_path / "a"), fake_state(tmp_path / "b")
+    nothing_runs = lambda state: False  # noqa: E731  (A died in a reboot; B is going down)
+
+    # A claims; the machine dies; B, from another state folder, claims A's dead link.
+    record_a = claim(a, where)
+    record_b = claim(b, where)
+    assert conflink.link_state(where) == ("symlink", str(b))
+    # A goes down first: the link is B's now, so A leaves it alone...
+    assert "no longer points" in conflink.undo(record_a, nothing_runs, where)
+    # ...and B, last, puts back the machine's file rather than a link to a cluster that no longer runs.
+    assert conflink.undo(record_b, nothing_runs, where) is None
+    assert not where.conf.is_symlink() and where.conf.read_text() == "the machine's own\n"
+    assert not where.backup.exists()
+
+    # The other order: B down first also ends with the machine's file, and A's down then touches nothing.
+    record_a = claim(a, where)
+    record_b = claim(b, where)
+    conflink.undo(record_b, nothing_runs, where)
+    assert where.conf.read_text() == "the machine's own\n"
+    assert "no longer points" in conflink.undo(record_a, nothing_runs, where)
+    assert where.conf.read_text() == "the machine's own\n"
+
+
+def test_a_link_to_a_running_cluster_is_put_back(tmp_path):
+    where = conflink.Where(conf=tmp_path / "etc-slurm" / "slurm.conf", backup=tmp_path / "backup" / "slurm.conf")
+    a, b = fake_state(tmp_path / "a"), fake_state(tmp_path / "b")
+    claim(a, where)
+    record_b = claim(b, where)
+    conflink.undo(record_b, lambda state: state == a.parent.parent, where)
+    assert conflink.link_state(where) == ("symlink", str(a))
+
+
+def test_an_existing_backup_of_the_machines_slurm_conf_is_never_overwritten(tmp_path):
+    where = conflink.Where(conf=tmp_path / "etc-slurm" / "slurm.conf", backup=tmp_path / "backup" / "slurm.conf")
+    where.conf.parent.mkdir()
+    where.conf.write_text("now\n")
+    where.backup.parent.mkdir()
+    where.backup.write_text("saved earlier\n")
+    with pytest.raises(LocalSlurmError, match=r"already holds a slurm.conf(.|\n)*not overwritten(.|\n)*diff "):
+        claim(fake_state(tmp_path / "a"), where)
+    assert where.backup.read_text() == "saved earlier\n" and where.conf.read_text() == "now\n"
+
+
+def test_every_daemon_is_told_to_bind_its_hosts_address_not_every_address():
+    spec = ClusterSpec(Path("/s"), address="127.0.1.1")
+    conf = render_slurm_conf(spec)
+    assert "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny\n" in conf
+    assert "SlurmctldHost=localhost(127.0.1.1)\n" in conf and "NodeAddr=127.0.1.1 " in conf
+    dbd = render_slurmdbd_conf(spec)
+    assert "CommunicationParameters=NoInAddrAny\n" in dbd and "DbdAddr=127.0.1.1\n" in dbd
+    with pytest.raises(LocalSlurmError, match="not a loopback address"):
+        ClusterSpec(Path("/s"), address="10.0.0.5").validate()
+
+
+def test_munged_runs_without_force():
+    munged = next(plan for plan in daemon_plans(ClusterSpec(Path("/s"))) if plan.name == "munged")
+    assert "--force" not in munged.argv and "-f" not in munged.argv
+
+
+def test_only_root_gets_a_state_folder_in_its_home_by_default():
+    assert resolve_state_dir(environ={}, euid=0) == Path("~/.zerorun/local-slurm").expanduser()
+    # Anyone else's home is theirs to change, so root (under sudo) would refuse it: a root-owned folder instead.
+    assert resolve_state_dir(environ={}, euid=1000) == Path("/var/lib/zerorun/local-slurm")
+    assert resolve_state_dir(environ={"ZERORUN_LOCAL_SLURM_DIR": "/x"}, euid=1000) == Path("/x")
+
+
+def test_secure_folder_creates_what_is_missing_and_accepts_a_sticky_tmp(tmp_path):
+    made = secure_folder(tmp_path / "a" / "b", 0o700)
+    assert made.is_dir() and (made.stat().st_mode & 0o777) == 0o700
+    assert (made.parent.stat().st_mode & 0o777) == 0o755
+    assert Path("/tmp").stat().st_mode & 0o1000, "this test assumes a sticky /tmp"
+    secure_folder(Path("/tmp"))
+
+
+def test_units_enabled_by_an_install_are_found_and_disabled():
+    # A real unit of the test's own, enabled and disabled through systemctl as `up` does after apt-get install.
+    if shutil.which("systemctl") is None:
+        pytest.fail("systemctl is missing; `up` disables what the packages enable through it")
+    unit = f"zerorun-test-{os.getpid()}.service"
+    path = Path("/etc/systemd/system") / unit
+    path.write_text("[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n")
+    try:
+        subprocess.run(["systemctl", "enable", "--quiet", unit], check=True, capture_output=True)
+        before = system.enabled_units((unit,))
+        assert before == {unit}
+        assert system.disable_units(before) == set()
+        assert system.enabled_units((unit,)) == set()
+    finally:
+        subprocess.run(["systemctl", "disable", "--quiet", unit], capture_output=True)
+        path.unlink()
 
 
 def test_submission_side_does_not_import_the_ml_stack():
-    code = ("import sys, cluster.local_slurm, cluster.local_slurm_system; "
+    code = ("import sys, cluster.localslurm; "
             "print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning', 'deepspeed', 'transformers',"
             " 'datasets') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -146,14 +267,14 @@ def test_submission_side_does_not_import_the_ml_stack():
 # --- bad input: each refused with a message that names the fix, nothing started -----------------------------
 
 def run_cli(*argv: str, user: str | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "cluster.local_slurm", *argv]
+    cmd = [sys.executable, "-m", "cluster.localslurm", *argv]
     if user:
         # The venv's interpreter may sit under root's home, out of another user's reach; the cluster package is
         # standard library only, so any Python 3.10+ that user can run will do.
         python = next((p for p in (sys.executable, "/usr/bin/python3") if _runs_as(user, p)), None)
         if python is None:
             pytest.fail(f"no Python interpreter that {user!r} may execute (tried {sys.executable}, /usr/bin/python3)")
-        cmd = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={REPO}", python, "-m", "cluster.local_slurm", *argv]
+        cmd = ["runuser", "-u", user, "--", "env", f"PYTHONPATH={REPO}", python, "-m", "cluster.localslurm", *argv]
     return subprocess.run(cmd, capture_output=True, text=True, cwd="/", timeout=120)
 
 
@@ -197,6 +318,56 @@ def test_up_refuses_a_fake_unsupported_distribution(tmp_path):
     assert_nothing_started(tmp_path / "state")
 
 
+SPARE_PORTS = ("--cluster-name", "zrrefused", "--slurmctld-port", "46817", "--slurmdbd-port", "46819",
+               "--slurmd-base-port", "47001")
+
+
+def test_up_refuses_a_state_folder_that_is_a_link(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "state").symlink_to(real)
+    refused = run_cli("up", "--state-dir", str(tmp_path / "state"), *SPARE_PORTS)
+    assert refused.returncode != 0
+    assert f"{tmp_path / 'state'} is a symbolic link" in refused.stderr, refused.stderr
+    assert "remove the link" in refused.stderr.lower() and "--state-dir" in refused.stderr
+    assert list(real.iterdir()) == [], "nothing is written through the link"
+
+
+def test_up_refuses_a_link_planted_inside_the_state_folder(tmp_path):
+    state, elsewhere = tmp_path / "state", tmp_path / "elsewhere"
+    state.mkdir()
+    elsewhere.mkdir()
+    (state / "etc").symlink_to(elsewhere)  # up would write slurm.conf there
+    refused = run_cli("up", "--state-dir", str(state), *SPARE_PORTS)
+    assert refused.returncode != 0
+    assert f"{state / 'etc'} is a symbolic link" in refused.stderr, refused.stderr
+    assert list(elsewhere.iterdir()) == []
+    assert_nothing_started(state)
+
+
+def test_up_refuses_a_linked_lock_file(tmp_path):
+    state, victim = tmp_path / "state", tmp_path / "victim"
+    state.mkdir()
+    victim.write_text("a system file\n")
+    (state / ".lock").symlink_to(victim)
+    refused = run_cli("up", "--state-dir", str(state), *SPARE_PORTS)
+    assert refused.returncode != 0
+    assert f"{state / '.lock'} is a symbolic link" in refused.stderr and "rm " in refused.stderr, refused.stderr
+    assert victim.read_text() == "a system file\n"
+
+
+def test_up_refuses_a_state_folder_that_another_user_owns(tmp_path):
+    # What `sudo zerorun cluster up --state-dir ~/x` would meet: the folder is the user's to swap for a link.
+    state = tmp_path / "users"
+    state.mkdir()
+    os.chown(state, pwd.getpwnam("nobody").pw_uid, -1)
+    refused = run_cli("up", "--state-dir", str(state / "local-slurm"), *SPARE_PORTS)
+    assert refused.returncode != 0
+    assert f"{state} is owned by user 'nobody', not by root" in refused.stderr, refused.stderr
+    assert "/var/lib/zerorun/local-slurm" in refused.stderr
+    assert not (state / "local-slurm").exists()
+
+
 def test_status_exits_non_zero_when_not_up(tmp_path):
     status = run_cli("status", "--state-dir", str(tmp_path / "nothing-here"))
     assert status.returncode == 1
@@ -205,14 +376,14 @@ def test_status_exits_non_zero_when_not_up(tmp_path):
 
 # --- the real cluster -----------------------------------------------------------------------------------------
 
-def slurm(cluster: local_slurm.LocalCluster, *argv: str, timeout: float = 60) -> str:
+def slurm(cluster: localslurm.LocalCluster, *argv: str, timeout: float = 60) -> str:
     done = subprocess.run(list(argv), env={**os.environ, **cluster.env()}, capture_output=True, text=True,
                           timeout=timeout)
     assert done.returncode == 0, f"{' '.join(argv)} failed: {done.stderr}"
     return done.stdout
 
 
-def sbatch(cluster: local_slurm.LocalCluster, *argv: str) -> str:
+def sbatch(cluster: localslurm.LocalCluster, *argv: str) -> str:
     return slurm(cluster, "sbatch", "--parsable", *argv).strip().split(";")[0]
 
 
@@ -225,7 +396,7 @@ def wait_until(condition, timeout: float) -> bool:
     return True
 
 
-def wait_for_job(cluster: local_slurm.LocalCluster, job: str, rows: int = 1, timeout: float = 60) -> dict[str, tuple]:
+def wait_for_job(cluster: localslurm.LocalCluster, job: str, rows: int = 1, timeout: float = 60) -> dict[str, tuple]:
     """{job id: (state, exit code)} from sacct once `rows` allocations have ended (sacct lags slurmctld)."""
     deadline = time.monotonic() + timeout
     seen: dict[str, tuple] = {}
@@ -371,58 +542,58 @@ def test_up_refuses_a_state_folder_of_another_running_cluster(slurm_cluster):
     assert refused.returncode != 0
     assert f"belongs to cluster {slurm_cluster.cluster_name!r}, which is running" in refused.stderr, refused.stderr
     assert "--state-dir" in refused.stderr and "zerorun cluster down" in refused.stderr
-    assert local_slurm.current(slurm_cluster.state_dir) is not None, "the refusal must leave the cluster running"
+    assert localslurm.current(slurm_cluster.state_dir) is not None, "the refusal must leave the cluster running"
 
 
 @pytest.mark.slurm
 @pytest.mark.timeout(150)
 def test_up_down_up_of_a_second_cluster_leaves_nothing_behind(slurm_cluster, tmp_path):
     # Own state folder, name and ports, so the session cluster keeps running throughout.
-    spec = dataclasses.replace(local_slurm.default_spec(tmp_path / "second"), cluster_name="zrsecond",
+    spec = dataclasses.replace(localslurm.default_spec(tmp_path / "second"), cluster_name="zrsecond",
                                slurmctld_port=26817, slurmdbd_port=26819, slurmd_base_port=27001)
     hosts_before = Path("/etc/hosts").read_bytes()
-    link_before = system.conf_link_state()
+    link_before = conflink.link_state()
     timings = {}
     try:
         started = time.monotonic()
-        first = local_slurm.up(spec)
+        first = localslurm.up(spec)
         timings["up"] = time.monotonic() - started
-        assert local_slurm.up(spec).daemons == first.daemons, "up while up must reuse the running daemons"
+        assert localslurm.up(spec).daemons == first.daemons, "up while up must reuse the running daemons"
         assert str(spec.state_dir) in Path("/etc/hosts").read_text()
 
-        assert local_slurm.down(spec.state_dir) is True
+        assert localslurm.down(spec.state_dir) is True
         assert [d.name for d in first.daemons if procs.is_alive(d)] == []
         assert processes_of(spec.state_dir) == []
         assert Path("/etc/hosts").read_bytes() == hosts_before
-        assert system.conf_link_state() == link_before
-        assert local_slurm.down(spec.state_dir) is False, "a second down finds nothing to stop"
+        assert conflink.link_state() == link_before
+        assert localslurm.down(spec.state_dir) is False, "a second down finds nothing to stop"
 
         # The folder of a cluster that is down can be taken by another cluster name...
         renamed = dataclasses.replace(spec, cluster_name="zrthird")
         started = time.monotonic()
-        again = local_slurm.up(renamed)
+        again = localslurm.up(renamed)
         timings["up again"] = time.monotonic() - started
         slurm(again, "srun", "-N2", "true")
         # A cluster missing one daemon is not up; `up` restarts it whole.
         crashed = next(d for d in again.daemons if d.name == "slurmd-n2")
         os.kill(crashed.pid, signal.SIGKILL)
-        assert wait_until(lambda: local_slurm.current(spec.state_dir) is None, timeout=10)
-        healed = local_slurm.up(renamed)
+        assert wait_until(lambda: localslurm.current(spec.state_dir) is None, timeout=10)
+        healed = localslurm.up(renamed)
         assert all(procs.is_alive(d) for d in healed.daemons)
         assert not any(procs.is_alive(d) for d in again.daemons), "the survivors were restarted, not kept"
         again = healed
         # ...but not while that one runs.
         with pytest.raises(LocalSlurmError, match="belongs to cluster 'zrthird', which is running"):
-            local_slurm.up(spec)
-        local_slurm.down(spec.state_dir)
+            localslurm.up(spec)
+        localslurm.down(spec.state_dir)
         assert [d.name for d in again.daemons if procs.is_alive(d)] == []
         assert Path("/etc/hosts").read_bytes() == hosts_before
         manifest = json.loads((spec.state_dir / "cluster.json").read_text())
         assert manifest["hosts"] is None and manifest["conf_link"] is None
     finally:
-        local_slurm.down(spec.state_dir, say=lambda _: None)
+        localslurm.down(spec.state_dir, say=lambda _: None)
     print(f"\nsecond cluster: up {timings['up']:.1f} s, up again {timings['up again']:.1f} s")
-    assert local_slurm.current(slurm_cluster.state_dir) is not None, "the session cluster must still run"
+    assert localslurm.current(slurm_cluster.state_dir) is not None, "the session cluster must still run"
 
 
 def processes_of(state_dir: Path) -> list[str]:
@@ -444,19 +615,20 @@ def processes_of(state_dir: Path) -> list[str]:
 
 @pytest.mark.slurm
 def test_a_daemon_failing_during_up_stops_the_ones_started_before_it(slurm_cluster, tmp_path):
-    spec = dataclasses.replace(local_slurm.default_spec(tmp_path / "broken"), cluster_name="zrbroken",
+    spec = dataclasses.replace(localslurm.default_spec(tmp_path / "broken"), cluster_name="zrbroken",
                                slurmctld_port=26817, slurmdbd_port=26819, slurmd_base_port=27001)
     # A database folder without its system tables: up skips creating it, and MariaDB aborts on start.
     (spec.paths.mysql_data / "mysql").mkdir(parents=True)
     hosts_before = Path("/etc/hosts").read_bytes()
     started = time.monotonic()
     with pytest.raises(LocalSlurmError, match=r"mariadbd exited(.|\n)*Fatal error"):
-        local_slurm.up(spec)
+        localslurm.up(spec)
     assert time.monotonic() - started < 30, "the failure must be noticed when mariadbd exits, not after a timeout"
     assert processes_of(spec.state_dir) == [], "every daemon started before the failure is stopped"
     assert list(spec.paths.pids.glob("*.json")) == []
+    assert not spec.paths.munge_run.exists()
     assert Path("/etc/hosts").read_bytes() == hosts_before
-    assert local_slurm.current(spec.state_dir) is None
+    assert localslurm.current(spec.state_dir) is None
 
 
 @pytest.mark.slurm
@@ -469,3 +641,137 @@ def test_submit_to_completed_latency(slurm_cluster):
         latencies.append(time.monotonic() - started)
     print(f"\nsbatch -> COMPLETED in sacct: median {statistics.median(latencies):.2f} s")
     assert statistics.median(latencies) < 10
+
+
+# --- what the cluster exposes, and what `down` leaves behind ---------------------------------------------------
+
+def _address(hex_address: str, family: int) -> str:
+    raw = bytes.fromhex(hex_address)
+    # /proc/net/tcp* print each 32-bit word of the address in the machine's (little-endian) order.
+    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    return socket.inet_ntop(family, raw)
+
+
+def listeners_of(pids: list[int]) -> dict[int, list[str]]:
+    """{pid: ['127.0.0.1:16817', ...]}: the TCP addresses each process listens on, from /proc (what `ss -ltnp`
+    reads)."""
+    owner = {}
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                owner[target[len("socket:["):-1]] = pid
+    found: dict[int, list[str]] = {pid: [] for pid in pids}
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            (address, port), state, inode = fields[1].split(":"), fields[3], fields[9]
+            if state == "0A" and inode in owner:  # 0A: LISTEN
+                found[owner[inode]].append(f"{_address(address, family)}:{int(port, 16)}")
+    return found
+
+
+@pytest.mark.slurm
+def test_every_daemon_of_the_cluster_listens_on_loopback_only(slurm_cluster):
+    listening = listeners_of([d.pid for d in slurm_cluster.daemons])
+    print("\n" + "\n".join(f"{d.name:<12} {' '.join(listening[d.pid]) or '-'}" for d in slurm_cluster.daemons))
+    for daemon in slurm_cluster.daemons:
+        if daemon.name.startswith("slurm"):
+            assert listening[daemon.pid], f"{daemon.name} (pid {daemon.pid}) listens on nothing that /proc shows"
+    exposed = {d.name: [a for a in listening[d.pid] if not ipaddress.ip_address(a.rsplit(":", 1)[0]).is_loopback]
+               for d in slurm_cluster.daemons}
+    assert not any(exposed.values()), f"listening beyond loopback: {exposed}"
+
+
+@pytest.mark.slurm
+def test_munged_of_the_cluster_runs_with_its_checks_on(slurm_cluster):
+    munged = next(d for d in slurm_cluster.daemons if d.name == "munged")
+    argv = Path(f"/proc/{munged.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"--force" not in argv and b"-f" not in argv, argv
+    paths = slurm_cluster.spec.paths
+    # What munged demands without --force: a key only its owner reads, in a folder only its owner writes, and a
+    # socket in a folder everyone may enter.
+    assert stat.S_IMODE(paths.munge_key.stat().st_mode) == 0o600 and paths.munge_key.stat().st_uid == 0
+    assert stat.S_IMODE(paths.munge_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(paths.munge_run.stat().st_mode) == 0o755
+    assert slurm(slurm_cluster, "scontrol", "ping").count("UP") == 1
+
+
+def spare_spec(state_dir: Path, name: str) -> ClusterSpec:
+    """A second cluster with its own name and ports, so the session cluster keeps running beside it."""
+    return dataclasses.replace(localslurm.default_spec(state_dir), cluster_name=name, slurmctld_port=26817,
+                               slurmdbd_port=26819, slurmd_base_port=27001)
+
+
+def start_stubborn_job(cluster: localslurm.LocalCluster, pid_file: Path) -> int:
+    """A job whose task ignores SIGTERM; returns the task's pid once it runs."""
+    sbatch(cluster, "-o", "/dev/null", "--wrap", f"trap '' TERM; echo $$ > {shlex.quote(str(pid_file))}; exec sleep 600")
+    assert wait_until(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout=60), "the job never ran"
+    return int(pid_file.read_text())
+
+
+def runs(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] not in "ZX"
+    except OSError:
+        return False
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(180)
+def test_down_ends_the_jobs_still_running(slurm_cluster, tmp_path):
+    spec = spare_spec(tmp_path / "jobs", "zrjobs")
+    try:
+        cluster = localslurm.up(spec, smoke_test=False)
+        task = start_stubborn_job(cluster, tmp_path / "cancelled.pid")
+        said = []
+        localslurm.down(spec.state_dir, say=said.append)
+        assert not runs(task), "down must cancel the jobs before it stops the daemons"
+        assert any("cancelled 1 job" in line for line in said), said
+
+        # With no controller left to cancel through, down still ends what the job runs.
+        cluster = localslurm.up(spec, smoke_test=False)
+        task = start_stubborn_job(cluster, tmp_path / "orphaned.pid")
+        os.kill(next(d for d in cluster.daemons if d.name == "slurmctld").pid, signal.SIGKILL)
+        localslurm.down(spec.state_dir, say=lambda _: None)
+        assert not runs(task), "down must kill what the jobs left running"
+        assert processes_of(spec.state_dir) == []
+        assert not spec.paths.munge_run.exists(), "down removes the cluster's folder under /run"
+    finally:
+        localslurm.down(spec.state_dir, say=lambda _: None)
+    assert localslurm.current(slurm_cluster.state_dir) is not None, "the session cluster must still run"
+
+
+
+@pytest.mark.slurm
+@pytest.mark.timeout(150)
+def test_an_unprivileged_user_submits_a_job_that_completes(slurm_cluster):
+    # A state folder everyone may enter (the session cluster's, in root's home, is not): the user's sbatch reads
+    # slurm.conf there and reaches munged through its socket under /run.
+    state = Path("/tmp") / f"zr-user-{os.getpid()}"
+    user = f"zrtest{os.getpid()}"
+    out = Path("/tmp") / f"{user}.out"
+    spec = spare_spec(state, "zruser")
+    subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", user], check=True)
+    try:
+        cluster = localslurm.up(spec, smoke_test=False, say=lambda _: None)
+        submitted = subprocess.run(
+            ["runuser", "-u", user, "--", "env", f"SLURM_CONF={cluster.slurm_conf}", "sbatch", "--parsable",
+             "-o", str(out), "--wrap", "id -un"], capture_output=True, text=True, cwd="/tmp", timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        job = submitted.stdout.strip().split(";")[0]
+        assert wait_for_job(cluster, job) == {job: ("COMPLETED", "0:0")}
+        assert out.read_text().strip() == user, "the job runs as the user who submitted it"
+        assert out.stat().st_uid == pwd.getpwnam(user).pw_uid
+    finally:
+        localslurm.down(spec.state_dir, say=lambda _: None)
+        subprocess.run(["userdel", user], capture_output=True)
+        out.unlink(missing_ok=True)
+        shutil.rmtree(state, ignore_errors=True)

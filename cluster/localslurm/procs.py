@@ -15,7 +15,10 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from cluster.local_slurm_config import PACKAGES, DaemonPlan, LocalSlurmError
+from cluster.localslurm.config import PACKAGES, LocalSlurmError
+from cluster.localslurm.daemons import DaemonPlan
+from cluster.localslurm.files import open_append
+from trainer_core.durable import write_atomic
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class DaemonRecord:
     argv: tuple[str, ...]
 
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        write_atomic(path, json.dumps(asdict(self), indent=1) + "\n", mode=0o644)
 
     @classmethod
     def load(cls, path: Path) -> DaemonRecord | None:
@@ -42,13 +45,19 @@ class DaemonRecord:
 
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state letter, start ticks) of a process, or None when there is no such process."""
+    full = _proc_stat_full(pid)
+    return (full[1], full[3]) if full else None
+
+
+def _proc_stat_full(pid: int) -> tuple[str, str, int, int] | None:
+    """(command name, state letter, parent pid, start ticks), or None when there is no such process."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # The command name (field 2) may contain spaces and ')': the fixed fields start after the last ')'.
     rest = raw[raw.rindex(")") + 2:].split()
-    return rest[0], int(rest[19])
+    return raw[raw.index("(") + 1:raw.rindex(")")], rest[0], int(rest[1]), int(rest[19])
 
 
 def _reap(pid: int) -> None:
@@ -68,7 +77,7 @@ def is_alive(record: DaemonRecord) -> bool:
 
 def start(plan: DaemonPlan, console_log: Path, cwd: Path) -> DaemonRecord:
     """Start the daemon in the foreground of its own session (setsid), so it outlives this process."""
-    with open(console_log, "ab") as log:
+    with open_append(console_log) as log:
         try:
             proc = subprocess.Popen(list(plan.argv), env=dict(plan.env), cwd=cwd, stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -109,10 +118,10 @@ def _wait_gone(record: DaemonRecord, timeout: float) -> bool:
     return not is_alive(record)
 
 
-def port_accepts(port: int) -> bool:
+def port_accepts(port: int, address: str = "127.0.0.1") -> bool:
     # Slurm daemons log one "Zero Bytes were transmitted" error for this empty connection; harmless.
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((address, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -123,7 +132,7 @@ def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            # Slurm daemons listen on every address; a listener on 127.0.0.1 alone still blocks them.
+            # Any listener on this port, on any address, blocks this bind: what a daemon's own bind would meet.
             probe.bind(("0.0.0.0", port))
         except OSError:
             return True
@@ -149,7 +158,7 @@ def wait_ready(plan: DaemonPlan, record: DaemonRecord, logs: dict[str, tuple[Pat
     while time.monotonic() < deadline:
         if plan.ready_socket is not None and socket_accepts(plan.ready_socket):
             return
-        if plan.ready_port is not None and port_accepts(plan.ready_port):
+        if plan.ready_port is not None and port_accepts(plan.ready_port, plan.address):
             return
         for daemon in (record, *depends_on):
             if not is_alive(daemon):
@@ -167,3 +176,48 @@ def log_tails(*logs: Path | None, lines: int = 15) -> str:
             tail = log.read_text(errors="replace").splitlines()[-lines:]
             out.append(f"--- last lines of {log}:\n" + "\n".join(tail))
     return "\n".join(out) or "(no log written)"
+
+
+# --- what jobs leave behind -----------------------------------------------------------------------------------
+
+def job_processes(slurm_conf: Path) -> list[tuple[int, int]]:
+    """(pid, start ticks) of every slurmstepd this cluster's slurmd started and every process below one.
+
+    slurmd starts a slurmstepd per job step, which leaves slurmd's session and outlives it: stopping slurmd does
+    not end a job. A slurmstepd is this cluster's when its environment (slurmd's, inherited) names its slurm.conf;
+    a task is found as its descendant, so one that double-forked away is out of reach, as it is for Slurm itself.
+    """
+    needle = f"SLURM_CONF={slurm_conf}".encode()
+    children: dict[int, list[int]] = {}
+    info: dict[int, tuple[str, str, int, int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _proc_stat_full(int(entry.name))) is not None:
+            info[int(entry.name)] = stat
+            children.setdefault(stat[2], []).append(int(entry.name))
+    todo = [pid for pid, (comm, state, _, _) in info.items() if comm == "slurmstepd" and state not in "ZX"
+            and needle in _environ(pid).split(b"\0")]
+    found = []
+    while todo:
+        pid = todo.pop()
+        found.append((pid, info[pid][3]))
+        todo += children.get(pid, [])
+    return found
+
+
+def kill_all(processes: list[tuple[int, int]], timeout: float = 5.0) -> list[int]:
+    """SIGKILL each (pid, start ticks) that is still that process; returns the pids still alive after `timeout`."""
+    records = [DaemonRecord("job process", pid, ticks, ()) for pid, ticks in processes]
+    for record in records:
+        if is_alive(record):
+            _signal(record.pid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while any(is_alive(r) for r in records) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [r.pid for r in records if is_alive(r)]
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""

@@ -9,8 +9,8 @@ import os
 import subprocess
 import time
 
-from cluster.local_slurm_config import DEFAULT_PARTITION, ClusterSpec, LocalSlurmError
-from cluster.local_slurm_procs import log_tails
+from cluster.localslurm.config import DEFAULT_PARTITION, ClusterSpec, LocalSlurmError
+from cluster.localslurm.procs import log_tails
 
 
 def slurm(spec: ClusterSpec, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -65,3 +65,26 @@ def smoke_test(spec: ClusterSpec, timeout: float = 60) -> None:
         raise LocalSlurmError(f"smoke test `{' '.join(argv)}` did not finish in {timeout:.0f} s") from e
     if run.returncode != 0:
         raise LocalSlurmError(f"smoke test `{' '.join(argv)}` failed: {run.stderr.strip()}")
+
+
+def cancel_all_jobs(spec: ClusterSpec, timeout: float = 30) -> list[str]:
+    """scancel every job of the cluster and wait until the queue is empty (their tasks killed, KillWait
+    included). Returns the job ids it cancelled; the queue may still hold some after `timeout`."""
+    def queued() -> list[str]:
+        try:
+            out = slurm(spec, "squeue", "-h", "-o", "%A", timeout=15)
+        except subprocess.TimeoutExpired:
+            return []
+        return out.stdout.split() if out.returncode == 0 else []
+
+    jobs = queued()
+    if not jobs:
+        return []
+    try:
+        slurm(spec, "scancel", *jobs, timeout=15)
+    except subprocess.TimeoutExpired:
+        return jobs
+    deadline = time.monotonic() + timeout
+    while queued() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return jobs

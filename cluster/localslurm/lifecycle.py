@@ -1,21 +1,14 @@
-"""`zerorun cluster up | down | status`: a real Slurm cluster (munge, MariaDB, slurmdbd, slurmctld, N slurmd) on
-this machine, for tests and for trying the submission layer without a real cluster.
+"""The local cluster's life: `up`, `down`, `status` and `current`, and the manifest that ties them together.
 
-    up      install what is missing, write configs under the state folder, start every daemon in its own
-            session, register the cluster in accounting, wait until all nodes are idle and `srun` works
-    down    stop every daemon by the pid `up` recorded and undo the two system edits; safe to repeat
-    status  daemons (pid, alive), nodes, partitions and queue; exit status 1 when the cluster is not up
-
-Python API (used by the test fixture and the submission layer): `up(spec)`, `down(state_dir)`,
-`current(state_dir)` and the `LocalCluster` they return. The pure half (spec, rendered configs, daemon argv)
-is in local_slurm_config.py; processes in local_slurm_procs.py; system edits in local_slurm_system.py;
-questions to the running cluster (sacctmgr, sinfo, srun) in local_slurm_probe.py.
-Everything runs with argv lists, never through a shell.
+`up` installs what is missing, writes the configs under the state folder, starts every daemon in its own session,
+registers the cluster in accounting and waits until all nodes are idle and `srun` works. `down` stops every daemon
+by the pid `up` recorded and undoes the system edits; it is safe to repeat. The pure half (spec, rendered configs,
+daemon argv) is in config.py; processes in procs.py; system edits in system.py; questions to the running cluster
+(sacctmgr, sinfo, srun) in probe.py. Everything runs with argv lists, never through a shell.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import fcntl
@@ -24,32 +17,32 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster import local_slurm_probe as probe
-from cluster import local_slurm_procs as procs
-from cluster import local_slurm_system as system
-from cluster.local_slurm_config import (
+import cluster.localslurm.conflink as conflink
+import cluster.localslurm.probe as probe
+import cluster.localslurm.procs as procs
+import cluster.localslurm.system as system
+from cluster.localslurm.config import (
     DEFAULT_PARTITION,
     HIGH_PARTITION,
     PARTITIONS,
     STATE_DIR_ENV,
     ClusterSpec,
-    DaemonPlan,
     LocalSlurmError,
-    daemon_plans,
     differences,
-    mariadb_install_argv,
     render_slurm_conf,
     render_slurmdbd_conf,
     resolve_state_dir,
 )
+from cluster.localslurm.daemons import DaemonPlan, daemon_plans, mariadb_install_argv
+from cluster.localslurm.files import open_append, open_lock, secure_folder
+from trainer_core.durable import write_atomic
 
-__all__ = ["ClusterSpec", "LocalCluster", "LocalSlurmError", "current", "default_spec", "down", "main",
-           "recorded_spec", "status", "up"]
+__all__ = ["ClusterSpec", "LocalCluster", "LocalSlurmError", "current", "default_spec", "down", "recorded_spec",
+           "status", "up"]
 
 Say = Callable[[str], None]
 
@@ -94,10 +87,7 @@ def _read_manifest(state_dir: Path) -> dict | None:
 def _write_manifest(spec: ClusterSpec, manifest: dict) -> None:
     # Written before every system edit, so a crash part-way leaves a record `down` can undo from.
     manifest["spec"] = spec.to_record()
-    path = spec.paths.manifest
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_atomic(spec.paths.manifest, json.dumps(manifest, indent=1, sort_keys=True) + "\n", mode=0o644)
 
 
 def recorded_spec(state_dir: str | Path | None = None) -> ClusterSpec | None:
@@ -138,6 +128,7 @@ def up(spec: ClusterSpec | None = None, *, os_release: Path = Path("/etc/os-rele
     spec.validate()
     system.require_root("up")
     system.require_supported_distribution(os_release)
+    spec = dataclasses.replace(spec, address=system.listen_address())
     with _exclusive(spec.state_dir):
         running = current(spec.state_dir)
         manifest = _read_manifest(spec.state_dir) or {}
@@ -157,8 +148,8 @@ def up(spec: ClusterSpec | None = None, *, os_release: Path = Path("/etc/os-rele
 def _exclusive(state_dir: Path):
     """One up or down at a time per state folder: two test sessions starting at once must not both start
     daemons. The second waits, then finds the cluster up and reuses it."""
-    state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / ".lock", "a") as lock:
+    secure_folder(state_dir)
+    with open_lock(state_dir / ".lock") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -169,10 +160,10 @@ def _start(spec: ClusterSpec, manifest: dict, smoke_test: bool, say: Say) -> Loc
     _refuse_busy_ports(spec)
 
     missing = system.missing_packages()
-    spec.paths.logs.mkdir(parents=True, exist_ok=True)
+    secure_folder(spec.paths.logs)
     if missing:
         say(f"installing {' '.join(missing)} with apt-get (log: {spec.paths.log('apt')})")
-        system.install_packages(missing, spec.paths.log("apt"))
+        _install(spec, manifest, missing, say)
     _prepare_state_folder(spec)
 
     started: list[procs.DaemonRecord] = []
@@ -194,11 +185,27 @@ def _start(spec: ClusterSpec, manifest: dict, smoke_test: bool, say: Say) -> Loc
         for record in reversed(started):
             procs.stop(record)
             spec.paths.pid_record(record.name).unlink(missing_ok=True)
+        _remove_runtime_folder(spec)
         _undo_system_edits(spec, manifest, say)
         raise
     cluster = LocalCluster.of(spec, tuple(started))
     say(_summary(cluster))
     return cluster
+
+
+def _install(spec: ClusterSpec, manifest: dict, missing: list[str], say: Say) -> None:
+    """apt-get install; then the services those packages enabled for boot are disabled again (recorded first,
+    so that `down` finishes the job if this is interrupted): the machine boots as it did before `up`."""
+    enabled_before = system.enabled_units()
+    system.install_packages(missing, spec.paths.log("apt"))
+    enabled_now = system.enabled_units()
+    newly = sorted(enabled_now - enabled_before)
+    if newly:
+        manifest["units_disabled"] = sorted({*manifest.get("units_disabled", []), *newly})
+        _write_manifest(spec, manifest)
+        still = system.disable_units(newly)
+        say(f"disabled at boot what the packages enabled: {' '.join(newly)}"
+            + (f" (still enabled: {' '.join(sorted(still))})" if still else ""))
 
 
 def _refuse_foreign(spec: ClusterSpec, manifest: dict, running: LocalCluster | None, say: Say) -> None:
@@ -241,22 +248,19 @@ def _refuse_busy_ports(spec: ClusterSpec) -> None:
 
 def _prepare_state_folder(spec: ClusterSpec) -> None:
     paths = spec.paths
-    for folder, mode in paths.dirs():
-        folder.mkdir(parents=True, exist_ok=True)
-        folder.chmod(mode)
-    if not paths.munge_key.exists():
+    for folder, mode in (*paths.dirs(), (paths.munge_run, 0o755)):
+        secure_folder(folder, mode).chmod(mode)  # not a link: secure_folder refuses those
+    if not os.path.lexists(paths.munge_key):
         # A key of our own: this cluster never talks to a system munged, and vice versa.
-        paths.munge_key.touch(mode=0o600)
-        paths.munge_key.write_bytes(secrets.token_bytes(128))
+        write_atomic(paths.munge_key, secrets.token_bytes(128), mode=0o600)
     if not (paths.mysql_data / "mysql").exists():
         log = paths.log("mariadb-install-db")
-        with open(log, "ab") as out:
+        with open_append(log) as out:
             if subprocess.run(mariadb_install_argv(spec), stdout=out, stderr=subprocess.STDOUT).returncode != 0:
                 raise LocalSlurmError(f"creating the accounting database failed.\n{procs.log_tails(log)}")
-    paths.slurm_conf.write_text(render_slurm_conf(spec))
-    paths.slurmdbd_conf.touch(mode=0o600)
-    paths.slurmdbd_conf.chmod(0o600)  # slurmdbd refuses a config that others can read
-    paths.slurmdbd_conf.write_text(render_slurmdbd_conf(spec))
+    write_atomic(paths.slurm_conf, render_slurm_conf(spec), mode=0o644)
+    # slurmdbd refuses a config that others can read
+    write_atomic(paths.slurmdbd_conf, render_slurmdbd_conf(spec), mode=0o600)
     for plan in daemon_plans(spec):
         paths.pid_record(plan.name).unlink(missing_ok=True)
     # No daemon of ours runs now; sockets left by one that was killed would only confuse the next start.
@@ -272,16 +276,16 @@ def _apply_system_edits(spec: ClusterSpec, manifest: dict) -> None:
     if new_hosts is not None:
         system.write_hosts(new_hosts)
 
-    state = system.conf_link_state()
+    state = conflink.link_state()
     target_alive = False
     if state[0] == "symlink" and Path(state[1]) != spec.paths.slurm_conf:
-        # Another zerorun cluster's slurm.conf lives at <its state>/etc/slurm.conf.
-        target_alive = current(Path(state[1]).parent.parent) is not None
-    decision = system.decide_conf_link(state, spec.paths.slurm_conf, target_alive)
+        other = conflink.cluster_state_dir(state[1])
+        target_alive = other is not None and _alive(other)
+    decision = conflink.decide(state, spec.paths.slurm_conf, target_alive)
     if decision == "claim":
-        manifest["conf_link"] = system.conf_link_record(spec, state, spec.paths.system_backup)
+        manifest["conf_link"] = conflink.plan_claim(spec.paths.slurm_conf, state)
         _write_manifest(spec, manifest)
-        system.claim_conf_link(manifest["conf_link"])
+        conflink.claim(manifest["conf_link"])
     elif decision == "leave":
         manifest["conf_link"] = None
         _write_manifest(spec, manifest)
@@ -289,12 +293,23 @@ def _apply_system_edits(spec: ClusterSpec, manifest: dict) -> None:
 
 def _undo_system_edits(spec: ClusterSpec, manifest: dict, say: Say) -> None:
     system.undo_hosts(manifest.get("hosts"))
-    note = system.undo_conf_link(manifest.get("conf_link"))
+    note = conflink.undo(manifest.get("conf_link"), alive=_alive)
     if note:
         say(note)
     manifest["hosts"] = manifest["conf_link"] = None
     if spec.paths.manifest.parent.exists():
         _write_manifest(spec, manifest)
+
+
+def _remove_runtime_folder(spec: ClusterSpec) -> None:
+    """munged leaves its socket behind once stopped; the folder under /run holding it is this cluster's alone."""
+    spec.paths.munge_socket.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        spec.paths.munge_run.rmdir()
+
+
+def _alive(state_dir: Path) -> bool:
+    return current(state_dir) is not None
 
 
 def _daemon_logs(spec: ClusterSpec) -> dict[str, tuple[Path, ...]]:
@@ -323,7 +338,8 @@ def _summary(cluster: LocalCluster) -> str:
 # --- down and status ------------------------------------------------------------------------------------------
 
 def down(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
-    """Stop every daemon `up` recorded (by pid) and undo the system edits. Returns whether anything ran."""
+    """Cancel the cluster's jobs, stop every daemon `up` recorded (by pid), end what the jobs left running, and
+    undo the system edits. Returns whether anything ran."""
     spec = recorded_spec(state_dir)
     if spec is None:
         say(f"no local Slurm cluster recorded in {resolve_state_dir(state_dir)}; nothing to stop")
@@ -331,14 +347,30 @@ def down(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
     system.require_root("down")
     stopped_any = False
     with _exclusive(spec.state_dir):
-        for plan, record in reversed(_records(spec)):
+        records = _records(spec)
+        if any(plan.name == "slurmctld" and rec is not None and procs.is_alive(rec) for plan, rec in records):
+            # Through Slurm first, while it runs: the jobs end as a cancel ends them (signals, KillWait, epilog).
+            cancelled = probe.cancel_all_jobs(spec)
+            if cancelled:
+                say(f"  cancelled {len(cancelled)} job(s): {' '.join(cancelled)}")
+        for plan, record in reversed(records):
             if record is None:
                 continue
             outcome = procs.stop(record)
             stopped_any |= outcome != "not running"
             say(f"  {plan.name:<12} pid {record.pid:<8} {outcome}")
             spec.paths.pid_record(plan.name).unlink(missing_ok=True)
-        _undo_system_edits(spec, _read_manifest(spec.state_dir) or {}, say)
+        # A job step's slurmstepd outlives slurmd; whatever a cancel did not end (or could not: no controller) ends here.
+        leftovers = procs.job_processes(spec.paths.slurm_conf)
+        if leftovers:
+            survivors = procs.kill_all(leftovers)
+            say(f"  killed {len(leftovers)} process(es) left by jobs"
+                + (f"; still alive: {' '.join(map(str, survivors))}" if survivors else ""))
+        _remove_runtime_folder(spec)
+        manifest = _read_manifest(spec.state_dir) or {}
+        if manifest.get("units_disabled"):
+            system.disable_units(set(manifest["units_disabled"]) & system.enabled_units())
+        _undo_system_edits(spec, manifest, say)
     was = "is down" if stopped_any else "was not running"
     say(f"local Slurm cluster {spec.cluster_name!r} {was} (state kept in {spec.state_dir})")
     return stopped_any
@@ -365,73 +397,3 @@ def status(state_dir: str | Path | None = None, *, say: Say = print) -> bool:
     up_now = all(alive.values())
     say(f"export SLURM_CONF={spec.paths.slurm_conf}" if up_now else "the cluster is not up: `zerorun cluster up`")
     return up_now
-
-
-# --- CLI ------------------------------------------------------------------------------------------------------
-
-_SPEC_FLAGS = {  # flag: (ClusterSpec field, help)
-    "--cluster-name": ("cluster_name", "Slurm ClusterName, recorded in the state folder"),
-    "--nodes": ("nodes", "number of slurmd nodes, named n1..nN"),
-    "--cpus-per-node": ("cpus_per_node", "CPUs each node offers (all nodes share this machine's cores)"),
-    "--real-memory": ("real_memory_mb", "MB each node offers: the most a job may ask with --mem"),
-    "--slurmctld-port": ("slurmctld_port", "TCP port of slurmctld"),
-    "--slurmdbd-port": ("slurmdbd_port", "TCP port of slurmdbd"),
-    "--slurmd-base-port": ("slurmd_base_port", "TCP port of n1's slurmd; node i uses this + i - 1"),
-    "--max-array-size": ("max_array_size", "Slurm MaxArraySize: job array indices stay below it"),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zerorun cluster", description=__doc__.split("\n\n")[0])
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    for verb, text in (("up", "start the cluster (installs packages if needed)"),
-                       ("down", "stop every daemon and undo the system edits"),
-                       ("status", "daemons, nodes, partitions and queue; exit 1 when not up")):
-        sub = verbs.add_parser(verb, help=text, description=text)
-        sub.add_argument("--state-dir", help="folder for every config and state file"
-                         " (default: $ZERORUN_LOCAL_SLURM_DIR or ~/.zerorun/local-slurm)")
-        if verb != "up":
-            continue
-        defaults = ClusterSpec(Path("."))
-        for flag, (field, help_text) in _SPEC_FLAGS.items():
-            value = getattr(defaults, field) if field != "cpus_per_node" else "CPUs of this machine"
-            # default=None: only flags given explicitly override what the state folder recorded last time.
-            sub.add_argument(flag, dest=field, type=type(getattr(defaults, field)), default=None,
-                             metavar="PORT" if field.endswith("port") else "NAME" if field == "cluster_name" else "N",
-                             help=f"{help_text} (default: {value})")
-        sub.add_argument("--os-release", type=Path, default=Path("/etc/os-release"),
-                         help="read the distribution from this file (tests point it at a fake)")
-        sub.add_argument("--no-smoke-test", dest="smoke_test", action="store_false",
-                         help="skip the final `srun -N<all> true`")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.verb in ("up", "down") and os.geteuid() != 0 and system.sudo_works():
-            return _rerun_with_sudo(argv, args)
-        if args.verb == "up":
-            base = recorded_spec(args.state_dir) or default_spec(args.state_dir)
-            overrides = {f: getattr(args, f) for f, _ in _SPEC_FLAGS.values() if getattr(args, f) is not None}
-            up(dataclasses.replace(base, **overrides), os_release=args.os_release, smoke_test=args.smoke_test)
-            return 0
-        if args.verb == "down":
-            down(args.state_dir)
-            return 0
-        return 0 if status(args.state_dir) else 1
-    except LocalSlurmError as e:
-        print(f"zerorun cluster {args.verb}: error: {e}", file=sys.stderr)
-        return 1
-
-
-def _rerun_with_sudo(argv: list[str], args: argparse.Namespace) -> int:
-    # The state folder is resolved here, as the calling user: under sudo, ~ would be root's home.
-    state = ["--state-dir", str(resolve_state_dir(args.state_dir))] if args.state_dir is None else []
-    cmd = ["sudo", "-n", sys.executable, "-m", "cluster.local_slurm", *argv, *state]
-    print(f"not root; running `{' '.join(cmd)}`", file=sys.stderr)
-    return subprocess.run(cmd).returncode
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -1,24 +1,39 @@
 """What a local Slurm cluster is, as pure data: the spec, its file layout, its config files and daemon argv.
 
-Nothing here touches the machine. `cluster/local_slurm.py` reads the machine, decides with these functions and
+Nothing here touches the machine. lifecycle.py reads the machine, decides with these functions and
 then acts, so every rendered file and every command line can be compared in a unit test.
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "slurmdbd", "mariadb-server")
+# What those packages enable for boot when installed. The local cluster starts its own daemons; the machine's
+# boot stays as `up` found it.
+SERVICE_UNITS = ("munge.service", "mariadb.service", "mariadb.socket", "slurmctld.service", "slurmd.service",
+                 "slurmdbd.service")
 SUPPORTED_DISTRIBUTIONS = ("debian", "ubuntu")
 STATE_DIR_ENV = "ZERORUN_LOCAL_SLURM_DIR"
+# Root's own default. Anyone else's is SHARED_STATE_DIR: the cluster runs as root, which must not write in a
+# folder that another user can change (files.py), and there `sudo zerorun cluster up` and everyone's `status` meet.
 DEFAULT_STATE_DIR = Path("~/.zerorun/local-slurm")
+SHARED_STATE_DIR = Path("/var/lib/zerorun/local-slurm")
 SYSTEM_SLURM_CONF = Path("/etc/slurm/slurm.conf")
 HOSTS_FILE = Path("/etc/hosts")
 HOSTS_MARKER = "# zerorun-local-slurm"
-# Linux caps a unix socket path at 107 bytes; munged and MariaDB put theirs in the state folder.
+# Where the backup of the machine's own /etc/slurm/slurm.conf lives while a local cluster replaces it: outside
+# every state folder, so it survives a state folder being deleted and is found by whichever cluster goes down last.
+MACHINE_BACKUP_DIR = Path("/var/lib/zerorun/machine-backup")
+# munged insists that every folder above its socket lets everyone in, which a state folder in root's home does
+# not: each cluster's munge socket lives in a folder of its own under /run instead.
+RUNTIME_DIR = Path("/run/zerorun-local-slurm")
+# Linux caps a unix socket path at 107 bytes; MariaDB puts its socket in the state folder.
 MAX_SOCKET_PATH = 107
 # slurmctld refuses to start with a larger MaxArraySize.
 MAX_ARRAY_SIZE_LIMIT = 4_000_001
@@ -40,7 +55,7 @@ class ClusterSpec:
     state_dir: Path
     # Recorded in the state folder: `up` under another name is refused while this cluster runs there.
     cluster_name: str = "zerorun"
-    # Number of slurmd daemons, named n1..nN, all on 127.0.0.1.
+    # Number of slurmd daemons, named n1..nN, all on `address`.
     nodes: int = 2
     # CPUs each node advertises; every node shares this machine's cores (SlurmdParameters=config_overrides).
     cpus_per_node: int = 2
@@ -52,6 +67,10 @@ class ClusterSpec:
     slurmd_base_port: int = 17001
     # Largest job array index + 1 (Slurm's default).
     max_array_size: int = 1001
+    # The loopback address every daemon listens on. Not a flag: Slurm binds to what this machine's own name
+    # resolves to (CommunicationParameters=NoInAddrAny), so `up` reads it from the machine and refuses
+    # anything but loopback.
+    address: str = "127.0.0.1"
 
     @property
     def node_names(self) -> tuple[str, ...]:
@@ -108,6 +127,9 @@ class ClusterSpec:
                 f"state folder {str(self.state_dir)!r} contains a space, quote, ',', '#' or '=', which slurm.conf"
                 " cannot carry in a path; pick another --state-dir"
             )
+        if not _is_loopback(self.address):
+            raise LocalSlurmError(f"address {self.address!r} is not a loopback address: the local cluster listens on"
+                                  " loopback only")
         longest = max((self.paths.munge_socket, self.paths.mysql_socket), key=lambda p: len(str(p)))
         if len(str(longest)) > MAX_SOCKET_PATH:
             raise LocalSlurmError(
@@ -126,6 +148,13 @@ class ClusterSpec:
         return cls(**{**values, "state_dir": Path(values["state_dir"])})
 
 
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def differences(recorded: ClusterSpec, requested: ClusterSpec) -> list[str]:
     """'nodes: running 2, requested 3' for every setting that differs."""
     return [
@@ -135,10 +164,13 @@ def differences(recorded: ClusterSpec, requested: ClusterSpec) -> list[str]:
     ]
 
 
-def resolve_state_dir(state_dir: str | Path | None = None, environ: dict | None = None) -> Path:
-    """--state-dir, else $ZERORUN_LOCAL_SLURM_DIR, else ~/.zerorun/local-slurm; always absolute."""
+def resolve_state_dir(state_dir: str | Path | None = None, environ: dict | None = None,
+                      euid: int | None = None) -> Path:
+    """--state-dir, else $ZERORUN_LOCAL_SLURM_DIR, else ~/.zerorun/local-slurm for root and
+    /var/lib/zerorun/local-slurm for everyone else; always absolute."""
     environ = os.environ if environ is None else environ
-    chosen = state_dir or environ.get(STATE_DIR_ENV) or DEFAULT_STATE_DIR
+    euid = os.geteuid() if euid is None else euid
+    chosen = state_dir or environ.get(STATE_DIR_ENV) or (DEFAULT_STATE_DIR if euid == 0 else SHARED_STATE_DIR)
     return Path(chosen).expanduser().absolute()
 
 
@@ -160,10 +192,12 @@ class StatePaths:
     logs: Path
     run: Path  # pid files the daemons write themselves (Slurm insists on having one)
     pids: Path  # our own record of each daemon we started: pid + start time
-    system_backup: Path  # what /etc/slurm/slurm.conf was before `up` replaced it
+    # a folder of this cluster's own under /run, named after a hash of the state folder (see RUNTIME_DIR)
+    munge_run: Path
 
     @classmethod
     def under(cls, root: Path) -> StatePaths:
+        munge_run = RUNTIME_DIR / hashlib.sha256(str(root).encode()).hexdigest()[:16]
         return cls(
             root=root,
             manifest=root / "cluster.json",
@@ -171,7 +205,7 @@ class StatePaths:
             slurmdbd_conf=root / "etc" / "slurmdbd.conf",
             munge_dir=root / "munge",
             munge_key=root / "munge" / "munge.key",
-            munge_socket=root / "sock" / "munge",
+            munge_socket=munge_run / "munge.socket",
             mysql_socket=root / "sock" / "mysql",
             mysql_data=root / "mysql",
             ctld_state=root / "slurmctld",
@@ -179,7 +213,7 @@ class StatePaths:
             logs=root / "log",
             run=root / "run",
             pids=root / "pids",
-            system_backup=root / "system-backup",
+            munge_run=munge_run,
         )
 
     def pid_record(self, daemon: str) -> Path:
@@ -189,10 +223,10 @@ class StatePaths:
         return self.logs / f"{name}.log"
 
     def dirs(self) -> list[tuple[Path, int]]:
-        """(folder, mode) to create. munged refuses a key folder that others can read."""
-        return [(self.slurm_conf.parent, 0o755), (self.munge_dir, 0o700), (self.munge_socket.parent, 0o755),
+        """(folder, mode) to create in the state folder. munged refuses a key folder that others can read."""
+        return [(self.slurm_conf.parent, 0o755), (self.munge_dir, 0o700), (self.mysql_socket.parent, 0o755),
                 (self.ctld_state, 0o755), (self.slurmd_spool, 0o755), (self.logs, 0o755), (self.run, 0o755),
-                (self.pids, 0o755), (self.system_backup, 0o700)]
+                (self.pids, 0o755)]
 
 
 def render_slurm_conf(spec: ClusterSpec) -> str:
@@ -203,7 +237,7 @@ def render_slurm_conf(spec: ClusterSpec) -> str:
         f"# Written by `zerorun cluster up` for cluster {spec.cluster_name}; rewritten on every up.",
         f"ClusterName={spec.cluster_name}",
         # An explicit address: neither the controller nor any client has to resolve a name through DNS.
-        "SlurmctldHost=localhost(127.0.0.1)",
+        f"SlurmctldHost=localhost({spec.address})",
         f"SlurmctldPort={spec.slurmctld_port}",
         # Everything runs as root: the state folder lives in root's home, which the slurm user cannot enter.
         "SlurmUser=root",
@@ -225,6 +259,9 @@ def render_slurm_conf(spec: ClusterSpec) -> str:
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core",
         "MpiDefault=none",
+        # Listen on this machine's own address (loopback, checked by `up`), not on every address: slurmctld and
+        # slurmd bind to what the hostname resolves to instead of 0.0.0.0. Clients read it too (srun's ports).
+        "CommunicationParameters=NoCtldInAddrAny,NoInAddrAny",
         # Nothing sends mail here; without this slurmctld logs an error that /bin/mail is missing.
         "MailProg=/bin/true",
         # Fast turnaround for tests: schedule every second, short kill waits, nodes back to idle on restart.
@@ -240,14 +277,14 @@ def render_slurm_conf(spec: ClusterSpec) -> str:
         "SlurmctldParameters=preempt_send_user_signal",
         # Accounting (sacct, and submitit's job polling) through slurmdbd.
         "AccountingStorageType=accounting_storage/slurmdbd",
-        "AccountingStorageHost=localhost",
+        f"AccountingStorageHost={spec.address}",
         f"AccountingStoragePort={spec.slurmdbd_port}",
         # For slurmdbd this field names the munge socket, not a password.
         f"AccountingStoragePass={p.munge_socket}",
         "JobAcctGatherType=jobacct_gather/none",
     ]
     lines += [
-        f"NodeName={name} NodeHostname=localhost NodeAddr=127.0.0.1 Port={port}"
+        f"NodeName={name} NodeHostname=localhost NodeAddr={spec.address} Port={port}"
         f" CPUs={spec.cpus_per_node} RealMemory={spec.real_memory_mb} State=UNKNOWN"
         for name, port in spec.slurmd_ports.items()
     ]
@@ -266,7 +303,9 @@ def render_slurmdbd_conf(spec: ClusterSpec) -> str:
         "AuthType=auth/munge",
         f"AuthInfo=socket={p.munge_socket}",
         "DbdHost=localhost",
-        "DbdAddr=127.0.0.1",
+        f"DbdAddr={spec.address}",
+        # DbdAddr names the address clients use; slurmdbd binds to 0.0.0.0 unless told to bind to its host's address.
+        "CommunicationParameters=NoInAddrAny",
         f"DbdPort={spec.slurmdbd_port}",
         "SlurmUser=root",
         f"LogFile={p.logs}/slurmdbd.log",
@@ -280,61 +319,9 @@ def render_slurmdbd_conf(spec: ClusterSpec) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass(frozen=True)
-class DaemonPlan:
-    """One daemon: how to start it and how to tell it is ready (a socket file appears or a port accepts)."""
-
-    name: str
-    argv: tuple[str, ...]
-    env: tuple[tuple[str, str], ...]
-    ready_socket: Path | None = None
-    ready_port: int | None = None
-
-
-def daemon_env(spec: ClusterSpec, **extra: str) -> tuple[tuple[str, str], ...]:
-    """A clean environment: nothing from the caller's shell leaks into the daemons."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "SLURM_CONF": str(spec.paths.slurm_conf)}
-    return tuple(sorted({**env, **extra}.items()))
-
-
-def mariadb_install_argv(spec: ClusterSpec) -> tuple[str, ...]:
-    # socket auth for root: slurmdbd runs as root and needs no password on disk.
-    return ("mariadb-install-db", "--no-defaults", f"--datadir={spec.paths.mysql_data}", "--user=root",
-            "--auth-root-authentication-method=socket", "--skip-test-db")
-
-
-def daemon_plans(spec: ClusterSpec) -> tuple[DaemonPlan, ...]:
-    """Start order: each daemon depends only on the ones before it. `down` stops them in reverse."""
-    p = spec.paths
-    conf = str(p.slurm_conf)
-    plans = [
-        # --force: munged refuses a socket whose parent folders others cannot enter (root's home); only root
-        # uses this cluster, so that check does not apply.
-        DaemonPlan("munged", ("munged", "--foreground", "--force", f"--key-file={p.munge_key}",
-                              f"--socket={p.munge_socket}", f"--pid-file={p.run}/munged.pid",
-                              f"--log-file={p.logs}/munged.log", f"--seed-file={p.munge_dir}/munged.seed"),
-                   daemon_env(spec), ready_socket=p.munge_socket),
-        # --skip-networking: the database answers on its unix socket only.
-        DaemonPlan("mariadbd", ("mariadbd", "--no-defaults", f"--datadir={p.mysql_data}",
-                                f"--socket={p.mysql_socket}", f"--pid-file={p.run}/mariadbd.pid",
-                                "--skip-networking", "--user=root", f"--log-error={p.logs}/mariadbd.log",
-                                "--innodb-buffer-pool-size=64M", "--innodb-lock-wait-timeout=900"),
-                   daemon_env(spec), ready_socket=p.mysql_socket),
-        DaemonPlan("slurmdbd", ("slurmdbd", "-D"), daemon_env(spec, MYSQL_UNIX_PORT=str(p.mysql_socket)),
-                   ready_port=spec.slurmdbd_port),
-        DaemonPlan("slurmctld", ("slurmctld", "-D", "-f", conf), daemon_env(spec), ready_port=spec.slurmctld_port),
-    ]
-    plans += [
-        # Debian builds Slurm with MULTIPLE_SLURMD: one slurmd per node name on the same machine.
-        DaemonPlan(f"slurmd-{name}", ("slurmd", "-D", "-N", name, "-f", conf), daemon_env(spec), ready_port=port)
-        for name, port in spec.slurmd_ports.items()
-    ]
-    return tuple(plans)
-
-
 def hosts_line(spec: ClusterSpec) -> str:
     # The marker names the state folder so two clusters never remove each other's line.
-    return f"127.0.0.1 {' '.join(spec.node_names)} {HOSTS_MARKER} {spec.state_dir}"
+    return f"{spec.address} {' '.join(spec.node_names)} {HOSTS_MARKER} {spec.state_dir}"
 
 
 def add_hosts_entry(text: str, line: str) -> tuple[str, bool]:

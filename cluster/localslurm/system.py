@@ -2,22 +2,24 @@
 
 - packages: apt-get installs what is missing (never removes anything);
 - /etc/hosts: one marked line `127.0.0.1 n1 n2 # zerorun-local-slurm <state>` so node names never reach DNS;
-- /etc/slurm/slurm.conf: a symlink to the cluster's slurm.conf, so a client without $SLURM_CONF does not fall
-  back to DNS SRV look-ups either.
-Each edit returns a record of what was there before; `undo_*` puts it back from that record.
+- boot: the packages enable their own services when installed; `up` disables the ones it made enabled.
+/etc/slurm/slurm.conf is conflink.py's. Each edit returns a record of what was there before; `undo_*` puts it back
+from that record.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
-from cluster.local_slurm_config import (
+from cluster.localslurm.config import (
     HOSTS_FILE,
     PACKAGES,
-    SYSTEM_SLURM_CONF,
+    SERVICE_UNITS,
     ClusterSpec,
     LocalSlurmError,
     add_hosts_entry,
@@ -26,7 +28,7 @@ from cluster.local_slurm_config import (
     remove_hosts_entry,
     unsupported_distribution,
 )
-from cluster.local_slurm_procs import log_tails
+from cluster.localslurm.procs import log_tails
 
 
 def require_root(verb: str) -> None:
@@ -112,67 +114,51 @@ def _write_in_place(path: Path, text: str) -> None:
         f.truncate()
 
 
-# --- /etc/slurm/slurm.conf ------------------------------------------------------------------------------------
+# --- services the packages enable --------------------------------------------------------------------------
 
-def conf_link_state(path: Path = SYSTEM_SLURM_CONF) -> tuple[str, str | None]:
-    """('absent' | 'symlink' | 'file' | 'other', symlink target)."""
-    if path.is_symlink():
-        return "symlink", os.readlink(path)
-    if not path.exists():
-        return "absent", None
-    return ("file", None) if path.is_file() else ("other", None)
-
-
-def decide_conf_link(state: tuple[str, str | None], ours: Path, target_cluster_alive: bool) -> str:
-    """'keep' (already ours), 'leave' (another live cluster's, or not a file) or 'claim'. Pure."""
-    kind, target = state
-    if kind == "symlink" and Path(target) == ours:
-        return "keep"
-    if (kind == "symlink" and target_cluster_alive) or kind == "other":
-        return "leave"
-    return "claim"
+def enabled_units(units: tuple[str, ...] = SERVICE_UNITS, etc: Path = Path("/etc")) -> set[str]:
+    """Which of these units start at boot: a systemd wants-link, or for a service a SysV start link."""
+    found = set()
+    for unit in units:
+        name, kind = unit.rsplit(".", 1)
+        if any((etc / "systemd" / "system").glob(f"*.wants/{unit}")):
+            found.add(unit)
+        elif kind == "service" and any(etc.glob(f"rc[2-5].d/S[0-9][0-9]{name}")):
+            found.add(unit)
+    return found
 
 
-def conf_link_record(spec: ClusterSpec, state: tuple[str, str | None], backup_dir: Path) -> dict:
-    """What claim_conf_link is about to do, as the record undo_conf_link reads; changes nothing."""
-    kind, target = state
-    if kind == "symlink":
-        previous = {"symlink": target}
-    elif kind == "file":
-        previous = {"file": str(backup_dir / "slurm.conf")}
-    else:
-        previous = None
-    return {"link": str(spec.paths.slurm_conf), "previous": previous,
-            "created_dir": not SYSTEM_SLURM_CONF.parent.exists()}
+def disable_units(units: set[str] | list[str]) -> set[str]:
+    """Stop these units from starting at boot (nothing is stopped now). Returns those still enabled."""
+    for unit in sorted(units):
+        name, kind = unit.rsplit(".", 1)
+        if shutil.which("systemctl"):
+            # Works without a running systemd: it edits the links, and the SysV ones through systemd-sysv-install.
+            subprocess.run(["systemctl", "disable", "--quiet", unit], capture_output=True)
+        if kind == "service" and Path("/etc/init.d", name).exists() and shutil.which("update-rc.d"):
+            subprocess.run(["update-rc.d", name, "disable"], capture_output=True)
+    return enabled_units(tuple(units))
 
 
-def claim_conf_link(record: dict) -> None:
-    """Point /etc/slurm/slurm.conf at this cluster, moving whatever was there as the record says."""
-    previous = record["previous"] or {}
-    if "symlink" in previous:
-        SYSTEM_SLURM_CONF.unlink()
-    elif "file" in previous:
-        shutil.move(SYSTEM_SLURM_CONF, previous["file"])
-    SYSTEM_SLURM_CONF.parent.mkdir(parents=True, exist_ok=True)
-    SYSTEM_SLURM_CONF.symlink_to(record["link"])
+# --- the address the daemons listen on ------------------------------------------------------------------------
 
-
-def undo_conf_link(record: dict | None) -> str | None:
-    """Put back what claim_conf_link replaced. Returns a note when the link was changed by someone else since."""
-    if not record or "link" not in record:
-        return None
-    state = conf_link_state()
-    if state != ("symlink", record["link"]):
-        return f"{SYSTEM_SLURM_CONF} no longer points at {record['link']}; left as it is"
-    SYSTEM_SLURM_CONF.unlink()
-    previous = record.get("previous") or {}
-    if "symlink" in previous:
-        SYSTEM_SLURM_CONF.symlink_to(previous["symlink"])
-    elif "file" in previous:
-        shutil.move(previous["file"], SYSTEM_SLURM_CONF)
-    elif record.get("created_dir"):
-        try:
-            SYSTEM_SLURM_CONF.parent.rmdir()
-        except OSError:
-            pass  # someone put files there since; it stays
-    return None
+def listen_address() -> str:
+    """The address Slurm binds its daemons to under CommunicationParameters=NoInAddrAny: the first IPv4 address
+    this machine's own name resolves to (as Slurm's getaddrinfo call sees it). Refused unless it is loopback."""
+    host = socket.gethostname()
+    fix = (f"make the name resolve to loopback first, e.g. with a line `127.0.1.1 {host}` in /etc/hosts above any"
+           " other line naming it (what Debian's installer writes), then run `zerorun cluster up` again")
+    try:
+        infos = socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM, 0,
+                                   socket.AI_ADDRCONFIG | socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise LocalSlurmError(f"this machine's name {host!r} does not resolve ({e.strerror}): Slurm binds the"
+                              f" local cluster's daemons to the address of that name; {fix}") from e
+    address = infos[0][4][0]
+    if not ipaddress.ip_address(address).is_loopback:
+        raise LocalSlurmError(
+            f"this machine's name {host!r} resolves to {address}, not to a loopback address. Slurm binds the local"
+            f" cluster's daemons to the address of that name (CommunicationParameters=NoInAddrAny), so they would"
+            f" be reachable from other machines; {fix}"
+        )
+    return address
