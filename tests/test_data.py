@@ -85,7 +85,7 @@ def test_synthetic_concurrent_writers_leave_complete_files(tmp_path):
 
 
 def test_synthetic_unknown_kind_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match="dataset.synthetic.*translation, language_modeling"):
+    with pytest.raises(ValueError, match="dataset.synthetic=.summaries. names no task.*language_modeling, translation"):
         synthetic.write_synthetic("summaries", compose_cfg(tmp_path).dataset)
 
 

@@ -12,7 +12,8 @@ from conftest import compose_config, data_and_tokenizer
 from trainer_core.data.datamodule import build_datamodule
 from trainer_core.models import build_model
 from trainer_core.optim import build_optimizer, build_scheduler, param_groups
-from trainer_core.tasks import TranslationTask, build_task
+from trainer_core.tasks import build_task
+from trainer_core.tasks.translation import TranslationTask
 
 SMALL = [
     "dataset.synthetic_train_size=400",
