@@ -18,6 +18,8 @@ from omegaconf import MISSING
 # A task reference without a dot names one of zerorun's own tasks, trainer_core/tasks/NAME.py; with dots it is the
 # module path of a task defined anywhere on the Python path (docs/tasks.md).
 BUILTIN_TASKS = "trainer_core.tasks"
+# modules of that package that hold shared parts, not tasks
+NOT_TASKS = ("base",)
 
 
 def task_module(ref: str) -> str:

@@ -15,18 +15,14 @@ import importlib
 import pkgutil
 from typing import TYPE_CHECKING, Any, Union
 
-from configs.schema import task_module
+from configs.schema import NOT_TASKS, task_module
 
 if TYPE_CHECKING:
     from trainer_core.tasks.base import TaskSpec
 
-# modules of this package that hold shared parts, not tasks
-_NOT_TASKS = frozenset({"base"})
-
-
 def builtin_tasks() -> list[str]:
     """The names of zerorun's own tasks: the modules of this package (found without importing them)."""
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_TASKS)
+    return sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in NOT_TASKS)
 
 
 def task_ref(task: Any) -> str:
