@@ -1,8 +1,9 @@
 """Small, deterministic, learnable data sets made in code, written as JSON lines like real data.
 
 There is no hub here and no package ships a translation corpus, so the default runs train on text generated from a
-tiny grammar. It is written to files in the WMT16 layout (``{"translation": {"en": ..., "xx": ...}}`` per line;
-``{"text": ...}`` for language modeling) and then read by the same code path as local real data.
+tiny grammar. A task turns it into rows (its TaskSpec's ``synthetic_records``: WMT16-style
+``{"translation": {"en": ..., "xx": ...}}`` for translation, ``{"text": ...}`` for language modeling); the rows
+are written to JSON-lines files and then read by the same code path as local real data.
 
 Translation into the invented language "xx" is a fixed word mapping plus two reorderings, so a tiny seq2seq model
 can learn it in a few hundred steps and BLEU shows it: an adjective follows its noun, and the verb moves to the end.
