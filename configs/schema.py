@@ -15,10 +15,25 @@ from typing import Any, Dict, List, Optional
 from omegaconf import MISSING
 
 
+# A task reference without a dot names one of zerorun's own tasks, trainer_core/tasks/NAME.py; with dots it is the
+# module path of a task defined anywhere on the Python path (docs/tasks.md).
+BUILTIN_TASKS = "trainer_core.tasks"
+# modules of that package that hold shared parts, not tasks
+NOT_TASKS = ("base",)
+
+
+def task_module(ref: str) -> str:
+    """The module that defines the task `ref` (a task name or a module path)."""
+    return ref if "." in ref else f"{BUILTIN_TASKS}.{ref}"
+
+
 @dataclass
 class TaskConfig:
-    # which LightningModule runs: "translation" (seq2seq, BLEU) or "language_modeling" (causal LM, perplexity)
+    # the task's name: zerorun's own "translation" (seq2seq, BLEU) or "language_modeling" (causal LM, perplexity),
+    # or the name of a task defined elsewhere (set module then); the run folder and checkpoints carry it
     name: str = MISSING
+    # the module that defines the task (its TASK); null: zerorun's own task of that name, trainer_core.tasks.NAME
+    module: Optional[str] = None
     # translation: beams and length used when generating text for validation BLEU
     num_beams: int = 1
     max_generate_length: int = 64
@@ -40,7 +55,8 @@ class DatasetConfig:
     subset: Optional[str] = None
     # local files by split, e.g. {train: a.jsonl, validation: b.jsonl}; read with load_dataset("json"/"text", ...)
     data_files: DataFilesConfig = field(default_factory=lambda: DataFilesConfig())
-    # "none", or "translation"/"language_modeling": make a small learnable data set in code, then load it as files
+    # "none", or a task ("translation", "language_modeling", or a task's module path): make that task's small
+    # learnable data set in code, then load it as files
     synthetic: str = "none"
     synthetic_train_size: int = 4000
     synthetic_val_size: int = 200

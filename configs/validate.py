@@ -1,14 +1,21 @@
-"""Checks of a composed config that need nothing but the config: they run before anything starts or is submitted.
+"""Checks of a composed config: they run before anything starts or is submitted.
 
-Each problem is one sentence that names the key to change and a valid value. Pure; imported on the
-submission side (no torch).
+Each problem is one sentence that names the key to change and a valid value. `config_problems` needs nothing but
+the config (pure); `file_problems` looks at this machine's files (data files, the task's module) without reading
+or importing them. `check_config` runs both. Imported on the submission side (no torch).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import re
+import sys
+from importlib.machinery import PathFinder
+from pathlib import Path
+from typing import Any, Optional
 
-TASKS = ("translation", "language_modeling")
+from configs.schema import BUILTIN_TASKS, NOT_TASKS, task_module
+
 STRATEGIES = ("auto", "ddp", "deepspeed")
 ZERO_STAGES = (2,)
 LOGGERS = ("tensorboard", "csv")
@@ -17,6 +24,9 @@ PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 # signals Slurm may send as the job's own (--signal); zerorun records it and TERM/INT (trainer_core/signals.py). Not HUP:
 # ninja resets it to the default for the compilers it starts, so it would kill an op build at start-up.
 JOB_SIGNALS = ("USR2", "URG", "ALRM", "PWR", "XCPU", "VTALRM")
+# Slurm's --signal=SIG@TIME takes TIME in seconds up to this (a 16-bit field)
+MAX_SIGNAL_DELAY_S = 65535
+MODULE_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class ConfigError(ValueError):
@@ -32,11 +42,113 @@ def _choice(problems: list[str], key: str, value: Any, valid: tuple) -> None:
         problems.append(f"{key}={value!r} is not supported; choose one of: {', '.join(map(str, valid))}")
 
 
+def _at_least(problems: list[str], key: str, value: Any, low: int, why: str) -> None:
+    if value is not None and value < low:
+        problems.append(f"{key}={value}: set it to at least {low} ({why})")
+
+
+def _path_part(problems: list[str], key: str, value: Any) -> None:
+    """`value` becomes part of a folder path: it must stay inside the runs folder."""
+    if value is not None and ".." in str(value).replace("\\", "/").split("/"):
+        problems.append(f"{key}={value!r}: it is part of the run folder's path and '..' would leave cluster.runs_dir; "
+                        "use a name without '..' (e.g. my-experiment)")
+
+
 def config_problems(cfg: Any) -> list[str]:
     """Every problem found in the config (empty when it can run)."""
     p: list[str] = []
+    p += _task_problems(cfg.task)
+    p += _data_problems(cfg.dataset)
+    p += _optimization_problems(cfg)
+    p += _cluster_problems(cfg)
+    p += _checkpoint_and_requeue_problems(cfg)
+    for key, value in (("name", cfg.name), ("run_id", cfg.get("run_id")), ("sweep.id", cfg.sweep.id)):
+        _path_part(p, key, value)
+    return p
+
+
+def _task_problems(task: Any) -> list[str]:
+    p: list[str] = []
+    if not task.name or "/" in str(task.name):
+        p.append(f"task.name={task.name!r}: name the task, e.g. task=nlp/translation or task=nlp/language_modeling")
+    module = task.get("module")
+    if module is not None and not MODULE_PATH.match(str(module)):
+        p.append(f"task.module={module!r} is not a Python module path; set it like my_package.my_task, or null for "
+                 "zerorun's own task named by task.name")
+    return p
+
+
+def _data_problems(d: Any) -> list[str]:
+    p: list[str] = []
+    _at_least(p, "dataset.batch_size", d.batch_size, 1, "a batch needs rows")
+    _at_least(p, "dataset.eval_batch_size", d.eval_batch_size, 1, "a batch needs rows")
+    _at_least(p, "dataset.num_workers", d.num_workers, 0, "0 loads data in the training process")
+    for key in ("max_source_length", "max_target_length", "block_size"):
+        _at_least(p, f"dataset.{key}", d[key], 1, "a length is counted in tokens")
+    for key in ("max_train_samples", "max_val_samples"):
+        _at_least(p, f"dataset.{key}", d[key], 1, "null keeps every example")
+    files = {split: path for split, path in d.data_files.items() if path}
+    if files:
+        missing = [split for split in (d.train_split, d.validation_split) if split not in files]
+        for split in missing:
+            p.append(
+                f"dataset.data_files.{split} is not set but dataset.data_files has {sorted(files)}: a run reads both "
+                f"splits from files; set dataset.data_files.{split}=PATH"
+            )
+    elif d.synthetic != "none":
+        _at_least(p, "dataset.synthetic_train_size", d.synthetic_train_size, 1, "synthetic data needs rows")
+        _at_least(p, "dataset.synthetic_val_size", d.synthetic_val_size, 1, "synthetic data needs rows")
+    elif not d.name:
+        p.append("dataset has no data source: set dataset.data_files.train and dataset.data_files.validation, "
+                 "dataset.synthetic (e.g. translation), or dataset.name (e.g. wmt16)")
+    return p
+
+
+def _optimization_problems(cfg: Any) -> list[str]:
+    p: list[str] = []
+    o, sch, t = cfg.optimizer, cfg.scheduler, cfg.trainer
+    if not o.lr > 0:
+        p.append(f"optimizer.lr={o.lr}: the learning rate must be positive, e.g. optimizer.lr=1e-3")
+    if o.weight_decay < 0:
+        p.append(f"optimizer.weight_decay={o.weight_decay}: must be 0 (none) or positive, e.g. 0.01")
+    if not o.eps > 0:
+        p.append(f"optimizer.eps={o.eps}: must be positive, e.g. 1e-8")
+    if len(o.betas) != 2 or not all(0 <= b < 1 for b in o.betas):
+        p.append(f"optimizer.betas={list(o.betas)}: two values in [0, 1), e.g. [0.9,0.999]")
+    if sch.warmup_steps < 0 or not 0 <= sch.warmup_ratio < 1:
+        p.append(f"scheduler.warmup_steps={sch.warmup_steps} / scheduler.warmup_ratio={sch.warmup_ratio}: "
+                 "warmup_steps must be 0 or more and warmup_ratio in [0, 1), e.g. scheduler.warmup_ratio=0.1")
+    elif sch.name == "linear_warmup" and t.max_steps >= 1:
+        warmup = sch.warmup_steps or round(sch.warmup_ratio * t.max_steps)
+        if warmup >= t.max_steps:
+            p.append(f"scheduler.warmup_steps={warmup} does not fit in trainer.max_steps={t.max_steps}; "
+                     "lower scheduler.warmup_steps (or scheduler.warmup_ratio) below trainer.max_steps")
+    _at_least(p, "trainer.val_check_interval", t.val_check_interval, 1, "validation runs every N steps")
+    _at_least(p, "trainer.log_every_n_steps", t.log_every_n_steps, 1, "metrics are logged every N steps")
+    _at_least(p, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, 1, "1 accumulates nothing")
+    _at_least(p, "trainer.limit_val_batches", t.limit_val_batches, 0, "null validates on every batch")
+    if t.gradient_clip_val is not None and t.gradient_clip_val <= 0:
+        p.append(f"trainer.gradient_clip_val={t.gradient_clip_val}: must be positive, or null to clip nothing")
+    return p
+
+
+def _checkpoint_and_requeue_problems(cfg: Any) -> list[str]:
+    p: list[str] = []
+    ck = cfg.trainer.checkpoint
+    _at_least(p, "trainer.checkpoint.every_n_steps", ck.every_n_steps, 0,
+              "0 saves only at the end and when a stop is asked for")
+    if ck.keep_last < 1:
+        p.append(f"trainer.checkpoint.keep_last={ck.keep_last}: a run keeps its newest N checkpoints and N must be "
+                 "at least 1; set trainer.checkpoint.keep_last=2 (or more to keep more)")
+    r = cfg.requeue
+    _at_least(p, "requeue.max_timeouts", r.max_timeouts, 0, "0 never requeues after a time-out")
+    _at_least(p, "requeue.max_preemptions", r.max_preemptions, 0, "null requeues without limit")
+    return p
+
+
+def _cluster_problems(cfg: Any) -> list[str]:
+    p: list[str] = []
     t, s, c = cfg.trainer, cfg.trainer.strategy, cfg.cluster
-    _choice(p, "task.name", cfg.task.name, TASKS)
     _choice(p, "trainer.strategy.name", s.name, STRATEGIES)
     _choice(p, "trainer.logger", t.logger, LOGGERS)
     _choice(p, "trainer.precision", str(t.precision), PRECISIONS)
@@ -88,7 +200,12 @@ def config_problems(cfg: Any) -> list[str]:
             f"cluster.signal={c.signal!r} cannot be the job's stop signal; choose one of: {', '.join(JOB_SIGNALS)} "
             "(not USR1, which Lightning and other tools claim; TERM and INT are handled already)"
         )
-    if c.signal_delay_s >= c.time_min * 60:
+    if not 1 <= c.signal_delay_s <= MAX_SIGNAL_DELAY_S:
+        p.append(
+            f"cluster.signal_delay_s={c.signal_delay_s}: the stop signal comes this many seconds before the time "
+            f"limit, which Slurm takes from 1 to {MAX_SIGNAL_DELAY_S}; e.g. cluster.signal_delay_s=120"
+        )
+    elif c.signal_delay_s >= c.time_min * 60:
         p.append(
             f"cluster.signal_delay_s({c.signal_delay_s}) is not shorter than the time limit "
             f"cluster.time_min({c.time_min}) x 60 = {c.time_min * 60} s; the stop signal would come before the "
@@ -97,7 +214,58 @@ def config_problems(cfg: Any) -> list[str]:
     return p
 
 
+def file_problems(cfg: Any) -> list[str]:
+    """Problems only this machine's files show: a data file that is not there, a task with no module. Reads no
+    file and imports nothing; relative paths are taken from the current folder, as the ranks take them."""
+    p: list[str] = []
+    task_ref = cfg.task.get("module") or cfg.task.name
+    task_key = "task.module" if cfg.task.get("module") else "task.name"
+    refs = [(task_key, task_ref)]
+    if cfg.dataset.synthetic != "none":
+        refs.append(("dataset.synthetic", cfg.dataset.synthetic))
+    for key, ref in refs:
+        if ref and MODULE_PATH.match(str(ref)) and _module_origin(task_module(str(ref))) is None:
+            p.append(
+                f"{key}={ref!r} names no task: there is no module {task_module(str(ref))} on the Python path; "
+                f"choose one of zerorun's tasks ({', '.join(builtin_tasks())}) or the module path of a task "
+                "(docs/tasks.md)"
+            )
+    for split, path in cfg.dataset.data_files.items():
+        if path and not Path(os.path.expanduser(str(path))).is_file():
+            p.append(f"dataset.data_files.{split}={path!r}: no such file (relative paths are taken from "
+                     f"{os.getcwd()}); point it at the {split} file")
+    return p
+
+
+def builtin_tasks() -> list[str]:
+    """zerorun's own task names: the modules of trainer_core/tasks, found without importing them."""
+    origin = _module_origin(BUILTIN_TASKS, package=True)
+    if origin is None:
+        return []
+    names = {f.stem for folder in origin for f in Path(folder).glob("*.py")}
+    return sorted(n for n in names if not n.startswith("_") and n not in NOT_TASKS)
+
+
+def _module_origin(dotted: str, package: bool = False) -> Optional[Any]:
+    """Where `dotted` would be imported from (its file; for package=True its folders), found the way import finds
+    it but without running it or its parent packages; None when there is no such module."""
+    if dotted in sys.modules and not package:
+        return getattr(sys.modules[dotted], "__file__", None) or dotted
+    parts, path, spec = dotted.split("."), None, None
+    for i in range(len(parts)):
+        spec = PathFinder.find_spec(".".join(parts[: i + 1]), path)
+        if spec is None:
+            return None
+        path = spec.submodule_search_locations
+        if path is None and i < len(parts) - 1:
+            return None  # a module where a package was needed
+    if package:
+        return list(path) if path is not None else None
+    return spec.origin or dotted
+
+
 def check_config(cfg: Any) -> None:
-    problems = config_problems(cfg)
+    """Raise ConfigError listing every problem of the config and of the files it names."""
+    problems = config_problems(cfg) + file_problems(cfg)
     if problems:
         raise ConfigError(problems)

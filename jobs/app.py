@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Sequence
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from configs.finalize import finalize
 from configs.schema import register
 from configs.validate import ConfigError, check_config
 
 register()
-
-
-def finalize(cfg: DictConfig) -> DictConfig:
-    """Resolve every interpolation once, with the run folder made absolute: this is what gets saved and run."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[assignment]
-    cfg.run_dir = os.path.abspath(cfg.run_dir)
-    return cfg
 
 
 def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:

@@ -85,7 +85,7 @@ def test_synthetic_concurrent_writers_leave_complete_files(tmp_path):
 
 
 def test_synthetic_unknown_kind_lists_valid_ones(tmp_path):
-    with pytest.raises(ValueError, match="dataset.synthetic.*translation, language_modeling"):
+    with pytest.raises(ValueError, match="dataset.synthetic=.summaries. names no task.*language_modeling, translation"):
         synthetic.write_synthetic("summaries", compose_cfg(tmp_path).dataset)
 
 
@@ -166,6 +166,21 @@ def test_tokenizer_reloads_from_cache_without_training(tmp_path, monkeypatch):
     cfg.backbone.tokenizer.vocab_size = 400
     with pytest.raises(AssertionError, match="trained again"):
         load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
+
+
+def test_tokenizer_fingerprint_follows_the_ids_not_the_object(tmp_path):
+    from trainer_core.data.tokenizer import tokenizer_fingerprint
+
+    cfg, raw, first = build(tmp_path, *SMALL)
+    fingerprint = tokenizer_fingerprint(first)
+    first(["a b c"] * 2, max_length=2, truncation=True, padding=True)  # per-call settings left in the backend
+    assert tokenizer_fingerprint(first) == fingerprint
+    assert tokenizer_fingerprint(load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task)) == fingerprint
+    # other data, same vocabulary size: other ids, so another fingerprint (what a resume must refuse)
+    _, _, other = build(tmp_path, *SMALL, "dataset.synthetic_seed=7")
+    assert len(other) == len(first)
+    assert other.get_vocab() != first.get_vocab()
+    assert tokenizer_fingerprint(other) != fingerprint
 
 
 # ---- data modules

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from conftest import compose_config, data_and_tokenizer
+from conftest import REPO, compose_config, data_and_tokenizer
 from trainer_core.data.datamodule import build_datamodule
 from trainer_core.models import build_model
 from trainer_core.optim import build_optimizer, build_scheduler, param_groups
-from trainer_core.tasks import TranslationTask, build_task
+from trainer_core.tasks import build_task, load_task
+from trainer_core.tasks.translation import TranslationTask
 
 SMALL = [
     "dataset.synthetic_train_size=400",
@@ -240,6 +245,7 @@ def test_translation_training_lowers_the_loss_and_logs_samples(tmp_path, capsys)
     assert _mean(losses[-5:]) < _mean(losses[:5]) - 1.0
     assert after["val_loss"] < before["val_loss"] - 1.0
     assert set(after) == {"val_loss", "val_bleu"} and 0.0 <= after["val_bleu"] <= 100.0
+    assert load_task("translation").metric == "val_bleu"  # the metric the task declares is the one it logs
     printed = capsys.readouterr().out
     assert printed.count("hypothesis: ") == 4  # two samples, after each of the two validations
 
@@ -249,6 +255,7 @@ def test_language_modeling_training_lowers_the_loss_and_perplexity(tmp_path):
     assert _mean(losses[-5:]) < _mean(losses[:5]) - 1.0
     assert after["val_loss"] < before["val_loss"] - 1.0
     assert after["val_ppl"] == pytest.approx(torch.exp(torch.tensor(after["val_loss"])).item(), rel=1e-4)
+    assert load_task("language_modeling").metric == "val_ppl"
 
 
 def test_bleu_through_the_tasks_scoring_is_100_for_references_and_0_for_garbage(tmp_path):
@@ -262,3 +269,164 @@ def test_bleu_through_the_tasks_scoring_is_100_for_references_and_0_for_garbage(
     assert task.score({i: "zq xv wk" for i in references}) < 1.0
     # scored against the references of the ids given, not of the first rows: a subset of perfect ids is 100
     assert task.score({i: references[i] for i in (3, 7, 11)}) == pytest.approx(100.0)
+
+
+# ---- the task registry: a task is one module and one YAML file
+
+HEAVY = ("torch", "pytorch_lightning", "lightning", "transformers", "datasets", "deepspeed")
+
+
+def test_naming_listing_and_checking_tasks_imports_no_training_stack():
+    code = (
+        "import json, sys\n"
+        "import trainer_core.tasks as tasks, configs.validate as validate\n"
+        "print(json.dumps({'tasks': tasks.builtin_tasks(), 'seen_by_checks': validate.builtin_tasks(),\n"
+        f"  'heavy': sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r})}}))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout)
+    assert found["tasks"] == found["seen_by_checks"] == ["language_modeling", "translation"]
+    assert found["heavy"] == []
+
+
+def test_a_module_that_is_no_task_is_refused_naming_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "not_tasks").mkdir()
+    (tmp_path / "not_tasks" / "__init__.py").write_text("")
+    (tmp_path / "not_tasks" / "plain.py").write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(ValueError, match="module 'not_tasks.plain' defines no TASK = TaskSpec"):
+            load_task("not_tasks.plain")
+    finally:
+        sys.modules.pop("not_tasks.plain", None)
+        sys.modules.pop("not_tasks", None)
+    with pytest.raises(ValueError, match="task.name='summaries' names no task.*language_modeling, translation"):
+        load_task("summaries")
+
+
+COUNTING_MODULE = """\
+\"\"\"Counting, a task written outside zerorun: a causal LM on runs of consecutive numbers, measured in bits per
+token. It reuses the language-modeling data module and declares everything else here.\"\"\"
+import math
+
+from transformers import AutoModelForCausalLM
+
+from trainer_core.data.tokenizer import CAUSAL_SPECIALS
+from trainer_core.tasks.base import TaskSpec
+from trainer_core.tasks.language_modeling import LanguageModelingDataModule, LanguageModelingTask
+
+
+class CountingTask(LanguageModelingTask):
+    def on_validation_epoch_end(self):
+        loss = self._mean_validation_loss()
+        self.log("val_loss", loss, sync_dist=True)
+        self.log("val_bits_per_token", loss / math.log(2), sync_dist=True)
+
+
+def records(rng, dataset_cfg, train_size, val_size):
+    def row():
+        start = rng.randrange(100)
+        return {"text": " ".join(str(n) for n in range(start, start + rng.randint(4, 12)))}
+
+    return [row() for _ in range(train_size)], [row() for _ in range(val_size)]
+
+
+TASK = TaskSpec(
+    name="counting",
+    lightning_module=CountingTask,
+    datamodule=LanguageModelingDataModule,
+    auto_model=AutoModelForCausalLM,
+    encoder_decoder=False,
+    tokenizer_specials=CAUSAL_SPECIALS,
+    tokenizer_texts=lambda train, dataset_cfg: list(train["text"]),
+    length_keys=("block_size",),
+    metric="val_bits_per_token",
+    mode="min",
+    synthetic_records=records,
+)
+"""
+
+COUNTING_YAML = """\
+# @package _global_
+defaults:
+  - /dataset: nlp/language_modeling/tiny
+  - /backbone: nlp/causal/tiny
+
+task:
+  name: counting
+  module: demo_tasks.counting
+dataset:
+  synthetic: demo_tasks.counting
+"""
+
+
+def test_a_task_written_outside_zerorun_trains_with_nothing_else_changed(tmp_path, monkeypatch):
+    """One module on the Python path and one YAML on Hydra's search path: the task composes, passes the checks
+    and trains; nothing in zerorun names it."""
+    from configs.finalize import finalize
+    from configs.validate import ConfigError, check_config
+    from trainer_core.checkpoint_store import CheckpointStore
+    from trainer_core.train import train
+
+    package = tmp_path / "code" / "demo_tasks"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "counting.py").write_text(COUNTING_MODULE)
+    (tmp_path / "configs" / "task" / "demo").mkdir(parents=True)
+    (tmp_path / "configs" / "task" / "demo" / "counting.yaml").write_text(COUNTING_YAML)
+    overrides = [
+        f"hydra.searchpath=[file://{tmp_path / 'configs'}]", "task=demo/counting",
+        f"cluster.runs_dir={tmp_path / 'runs'}", f"dataset.cache_dir={tmp_path / 'cache'}",
+        "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.logger=csv", "trainer.enable_progress_bar=false",
+        "dataset.synthetic_train_size=200", "dataset.synthetic_val_size=16", "dataset.block_size=16",
+    ]
+    with pytest.raises(ConfigError, match="task.module='demo_tasks.counting' names no task"):
+        check_config(compose_config(*overrides))  # its module is not on the path yet
+
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    try:
+        cfg = compose_config(*overrides)
+        check_config(cfg)
+        final = finalize(cfg)
+        Path(final.run_dir).mkdir(parents=True)  # the launcher makes it (jobs/runs.py)
+        metrics = train(final)
+    finally:
+        for name in ("demo_tasks.counting", "demo_tasks"):
+            sys.modules.pop(name, None)
+    assert metrics["global_step"] == 2
+    assert math.isfinite(metrics["val_bits_per_token"])
+    made = next((tmp_path / "cache" / "synthetic").glob("counting-*/train.jsonl")).read_text().splitlines()
+    numbers = [int(n) for n in json.loads(made[0])["text"].split()]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+    run_dir = next((tmp_path / "runs" / "counting").iterdir())
+    store = CheckpointStore(run_dir)
+    meta = store.read_meta(store.latest())
+    assert meta.model_config["task"] == "counting"
+    assert len(meta.tokenizer) == 16  # the tokenizer's fingerprint, which a resume compares
+
+
+# ---- resume: the tokenizer must be the one the checkpoint was trained with
+
+
+def test_resume_with_another_tokenizer_is_refused_naming_the_fix(tmp_path):
+    from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore
+    from trainer_core.train import _resume_from
+
+    store = CheckpointStore(tmp_path / "run")
+    saved = CheckpointMeta(step=10, strategy="ddp", world_size=1, model="M/1", model_config={"task": "t"},
+                           tokenizer="aaaa")
+    store.tmp_dir(10).mkdir(parents=True)
+    store.commit(saved, keep_last=2)
+
+    same = CheckpointMeta(step=0, strategy="ddp", world_size=1, model="M/1", model_config={"task": "t"},
+                          tokenizer="aaaa")
+    assert _resume_from(store, same, required=True)[1] == 10
+    other = CheckpointMeta(**{**same.__dict__, "tokenizer": "bbbb"})
+    with pytest.raises(CheckpointError, match="another tokenizer.*aaaa.*bbbb.*resume with the dataset and "
+                                              "backbone.tokenizer settings the run was started with"):
+        _resume_from(store, other, required=True)
+    # a checkpoint written before fingerprints were recorded does not block a resume
+    unknown = CheckpointMeta(**{**saved.__dict__, "tokenizer": ""})
+    assert unknown.mismatch(other) is None

@@ -46,6 +46,8 @@ class CheckpointMeta:
     model: str
     # what configures the model (task name and backbone group), as model_config gives it; {} if unknown
     model_config: dict[str, Any] = field(default_factory=dict)
+    # the tokenizer's fingerprint (trainer_core.data.tokenizer.tokenizer_fingerprint); "" if unknown
+    tokenizer: str = ""
 
     @classmethod
     def from_json(cls, text: str) -> "CheckpointMeta":
@@ -61,6 +63,12 @@ class CheckpointMeta:
             return f"it holds a model configured otherwise ({diff}; the checkpoint's value -> this run's)"
         if self.model and other.model and self.model != other.model:
             return f"it holds model {self.model!r}, this run builds {other.model!r}"
+        if self.tokenizer and other.tokenizer and self.tokenizer != other.tokenizer:
+            return (
+                f"it was trained with another tokenizer (fingerprint {self.tokenizer}, this run's {other.tokenizer}): "
+                "the same vocabulary size can map text to other ids; resume with the dataset and backbone.tokenizer "
+                "settings the run was started with, or start a new run"
+            )
         if (self.strategy == "deepspeed") != (other.strategy == "deepspeed"):
             return (
                 f"it was written by strategy {self.strategy!r}, this run uses {other.strategy!r}; "

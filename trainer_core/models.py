@@ -8,27 +8,13 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    PretrainedConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-# task -> (Auto class, whether the task needs an encoder-decoder)
-TASK_MODELS = {
-    "translation": (AutoModelForSeq2SeqLM, True),
-    "language_modeling": (AutoModelForCausalLM, False),
-}
+from trainer_core.tasks import load_task
+from trainer_core.tasks.base import TaskSpec
+
+# model families, for messages: encoder-decoder (True) or decoder-only (False)
 FAMILY_EXAMPLES = {True: "t5, bart, marian", False: "gpt2, llama, mistral"}
-
-
-def _task_model(task_name: str):
-    if task_name not in TASK_MODELS:
-        raise ValueError(f"unknown task.name {task_name!r}; valid: {', '.join(TASK_MODELS)}")
-    return TASK_MODELS[task_name]
 
 
 def _token_ids(tokenizer: PreTrainedTokenizerBase, encoder_decoder: bool) -> Dict[str, Any]:
@@ -45,19 +31,19 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase, encoder_decoder: bool) -> Dic
     return ids
 
 
-def _check_architecture(config: PretrainedConfig, task_name: str, source: str) -> None:
-    _, encoder_decoder = _task_model(task_name)
+def _check_architecture(config: PretrainedConfig, task: TaskSpec, source: str) -> None:
+    encoder_decoder = task.encoder_decoder
     if bool(config.is_encoder_decoder) != encoder_decoder:
         kind = "an encoder-decoder" if config.is_encoder_decoder else "a decoder-only"
         wanted = "an encoder-decoder" if encoder_decoder else "a decoder-only (causal)"
         raise ValueError(
-            f"task {task_name!r} needs {wanted} model but {source} is {kind} {config.model_type!r} model; "
+            f"task {task.name!r} needs {wanted} model but {source} is {kind} {config.model_type!r} model; "
             f"choose a backbone for this task (backbone.model_type one of {FAMILY_EXAMPLES[encoder_decoder]}, "
             f"or backbone.pretrained_model_name_or_path=<such a model>)"
         )
 
 
-def _check_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task_name: str) -> None:
+def _check_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: TaskSpec) -> None:
     rows = model.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise ValueError(
@@ -65,8 +51,7 @@ def _check_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             f"token ids would index past it; set backbone.tokenizer.name_or_path to the model's own tokenizer "
             f"(the same value as backbone.pretrained_model_name_or_path), or leave both null to train both here"
         )
-    _, encoder_decoder = _task_model(task_name)
-    if encoder_decoder:
+    if task.encoder_decoder:
         if tokenizer.pad_token_id is None:
             raise ValueError(
                 "the tokenizer has no pad token, which seq2seq labels and decoder inputs need; set "
@@ -79,12 +64,14 @@ def _check_tokenizer(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
             )
 
 
-def build_model(backbone_cfg: Any, task_name: str, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The task's model: ``from_pretrained`` when a path is given, else ``model_type`` with random weights."""
-    auto_class, encoder_decoder = _task_model(task_name)
+def build_model(backbone_cfg: Any, task: Any, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+    """The model of `task` (a TaskSpec, a task config or a task name), with the task's Auto class:
+    ``from_pretrained`` when a path is given, else ``model_type`` with random weights."""
+    spec = load_task(task)
+    auto_class, encoder_decoder = spec.auto_model, spec.encoder_decoder
     path = backbone_cfg.pretrained_model_name_or_path
     if path:
-        _check_architecture(AutoConfig.from_pretrained(path), task_name, f"backbone.pretrained_model_name_or_path={path}")
+        _check_architecture(AutoConfig.from_pretrained(path), spec, f"backbone.pretrained_model_name_or_path={path}")
         model = auto_class.from_pretrained(path)
     else:
         if not backbone_cfg.model_type:
@@ -101,7 +88,7 @@ def build_model(backbone_cfg: Any, task_name: str, tokenizer: PreTrainedTokenize
                 f"backbone.model_type {backbone_cfg.model_type!r} is not a transformers model type; "
                 f"for this task use e.g. {FAMILY_EXAMPLES[encoder_decoder]}"
             ) from err
-        _check_architecture(config, task_name, f"backbone.model_type={backbone_cfg.model_type}")
+        _check_architecture(config, spec, f"backbone.model_type={backbone_cfg.model_type}")
         model = auto_class.from_config(config)
-    _check_tokenizer(model, tokenizer, task_name)
+    _check_tokenizer(model, tokenizer, spec)
     return model

@@ -51,24 +51,26 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     `signals` is the rank's stop-signal record when the rank installed it at start-up (jobs/rank.py)."""
     from trainer_core.data.datamodule import build_datamodule
     from trainer_core.data.loading import load_raw
-    from trainer_core.data.tokenizer import load_tokenizer
+    from trainer_core.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from trainer_core.models import build_model
-    from trainer_core.tasks import build_task
+    from trainer_core.tasks import build_task, load_task
 
     run_dir = Path(cfg.run_dir)
     rendezvous = rendezvous or single_process(port=_free_port())
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_task)))
     pl.seed_everything(cfg.seed, workers=True)
 
+    spec = load_task(cfg.task)  # what the task needs from the model, tokenizer and data (trainer_core/tasks)
     raw = load_raw(cfg.dataset)
-    tokenizer = load_tokenizer(cfg.backbone, raw, cfg.dataset, cfg.task.name)
-    model = build_model(cfg.backbone, cfg.task.name, tokenizer)
-    datamodule = build_datamodule(cfg, tokenizer, raw=raw)
-    task = build_task(cfg, model, tokenizer, datamodule)
+    tokenizer = load_tokenizer(cfg.backbone, raw, cfg.dataset, spec)
+    model = build_model(cfg.backbone, spec, tokenizer)
+    datamodule = build_datamodule(cfg, tokenizer, raw=raw, task=spec)
+    task = build_task(cfg, model, tokenizer, datamodule, task=spec)
 
     store = CheckpointStore(run_dir)
     meta = CheckpointMeta(step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size,
-                          model=_model_signature(model), model_config=model_config(cfg))
+                          model=_model_signature(model), model_config=model_config(cfg),
+                          tokenizer=tokenizer_fingerprint(tokenizer))
     resume_from = _resume_from(store, meta, required=bool(cfg.get("resume")))
     if rendezvous.rank == 0:
         store.clear_stale()  # a save a killed attempt left half-written

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -24,26 +24,16 @@ from filelock import FileLock
 from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
-from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerBase, default_data_collator
+from transformers import PreTrainedTokenizerBase
 
 from trainer_core.data.loading import load_raw
+from trainer_core.data.tokenizer import tokenizer_fingerprint
+from trainer_core.tasks import load_task
 
 # Bump when the encoding functions change: it is part of the cache key.
 ENCODING_VERSION = 1
 # Rows per datasets.map batch. Language modeling packs blocks within one batch and drops each batch's remainder.
 MAP_BATCH_SIZE = 1000
-
-
-def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
-    """A hash of what the tokenizer does: its serialized pipeline and its special tokens."""
-    pipeline = json.loads(tokenizer.backend_tokenizer.to_str())
-    # Truncation and padding are per-call settings that the last call leaves behind in the backend, not
-    # properties of the tokenizer: hashing them would give the same tokenizer a new key after every use.
-    pipeline.pop("truncation", None)
-    pipeline.pop("padding", None)
-    digest = hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode())
-    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
 
 
 class EpochStatefulDistributedSampler(StatefulDistributedSampler):
@@ -74,9 +64,10 @@ class EpochStatefulDistributedSampler(StatefulDistributedSampler):
         super().set_epoch(epoch)
 
 
-class _TextDataModule(pl.LightningDataModule):
-    """Shared loading, caching and loaders; subclasses say how to encode a batch and how to collate."""
+class TextDataModule(pl.LightningDataModule):
+    """Shared loading, caching and loaders; a task's subclass says how to encode a batch and how to collate."""
 
+    # names the task's cached tokenized files
     task_name = ""
     # add each validation row's index as "example_id" (to find its raw text again after generation)
     keep_example_ids = False
@@ -191,96 +182,10 @@ class _TextDataModule(pl.LightningDataModule):
         )
 
 
-class TranslationDataModule(_TextDataModule):
-    """Source/target pairs encoded for a seq2seq model; labels padded with -100 so padding costs no loss."""
-
-    task_name = "translation"
-    keep_example_ids = True
-
-    def __init__(self, cfg: Any, tokenizer: PreTrainedTokenizerBase, raw: Optional[DatasetDict] = None):
-        super().__init__(cfg, tokenizer, raw)
-        if tokenizer.pad_token_id is None:
-            raise ValueError(
-                "the tokenizer has no pad token, which seq2seq batches need; set backbone.tokenizer.name_or_path "
-                "to a seq2seq model's tokenizer, or null to train one"
-            )
-        self._seq2seq_collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding="longest")
-
-    def _encoding_params(self) -> Dict[str, Any]:
-        d = self.dataset_cfg
-        return {
-            "languages": [d.source_language, d.target_language],
-            "prefix": d.source_prefix,
-            "max_source_length": d.max_source_length,
-            "max_target_length": d.max_target_length,
-        }
-
-    def _encode(self, batch: Dict[str, List], indices: Optional[List[int]] = None) -> Dict[str, List]:
-        d = self.dataset_cfg
-        pairs = batch["translation"]
-        sources = [d.source_prefix + pair[d.source_language] for pair in pairs]
-        targets = [pair[d.target_language] for pair in pairs]
-        encoded = dict(self.tokenizer(sources, max_length=d.max_source_length, truncation=True))
-        encoded["labels"] = self.tokenizer(text_target=targets, max_length=d.max_target_length, truncation=True)[
-            "input_ids"
-        ]
-        if indices is not None:
-            encoded["example_id"] = list(indices)
-        return encoded
-
-    def _collate_train(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
-        return dict(self._seq2seq_collator(features))
-
-    def _collate_eval(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
-        ids = [f["example_id"] for f in features]
-        batch = self._collate_train([{k: v for k, v in f.items() if k != "example_id"} for f in features])
-        batch["example_id"] = torch.tensor(ids, dtype=torch.long)
-        return batch
-
-    def validation_pairs(self) -> List[Tuple[str, str]]:
-        """(source, reference) raw text of every validation example, indexed by its ``example_id``."""
-        if self.raw is None:
-            self.setup()
-        d = self.dataset_cfg
-        return [(pair[d.source_language], pair[d.target_language]) for pair in self.raw["validation"]["translation"]]
-
-
-class LanguageModelingDataModule(_TextDataModule):
-    """Text packed into blocks of ``dataset.block_size`` tokens, each text closed by eos; labels = input_ids."""
-
-    task_name = "language_modeling"
-
-    def _encoding_params(self) -> Dict[str, Any]:
-        return {"text_column": self.dataset_cfg.text_column, "block_size": self.dataset_cfg.block_size}
-
-    def _encode(self, batch: Dict[str, List], indices: Optional[List[int]] = None) -> Dict[str, List]:
-        block = self.dataset_cfg.block_size
-        texts = [t for t in batch[self.dataset_cfg.text_column] if t]
-        ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        stream = [token for seq in ids for token in seq + [self.tokenizer.eos_token_id]]
-        blocks = [stream[i : i + block] for i in range(0, len(stream) - block + 1, block)]
-        return {"input_ids": blocks, "attention_mask": [[1] * block for _ in blocks], "labels": [list(b) for b in blocks]}
-
-    def _collate_train(self, features: List[Dict]) -> Dict[str, torch.Tensor]:
-        return default_data_collator(features)
-
-    def _empty_hint(self) -> str:
-        return (
-            f"its text is shorter than one block of dataset.block_size={self.dataset_cfg.block_size} tokens: "
-            f"lower dataset.block_size or raise dataset.max_val_samples / max_train_samples"
-        )
-
-
-DATAMODULES: Dict[str, Callable[..., _TextDataModule]] = {
-    "translation": TranslationDataModule,
-    "language_modeling": LanguageModelingDataModule,
-}
-
-
 def build_datamodule(
-    cfg: Any, tokenizer: PreTrainedTokenizerBase, raw: Optional[DatasetDict] = None
+    cfg: Any, tokenizer: PreTrainedTokenizerBase, raw: Optional[DatasetDict] = None, task: Any = None
 ) -> pl.LightningDataModule:
-    """The data module for ``cfg.task.name``; pass ``raw`` when it is already loaded, else setup() loads it."""
-    if cfg.task.name not in DATAMODULES:
-        raise ValueError(f"unknown task.name {cfg.task.name!r}; valid: {', '.join(DATAMODULES)}")
-    return DATAMODULES[cfg.task.name](cfg, tokenizer, raw)
+    """The data module of the configured task (or of `task`); pass ``raw`` when it is already loaded, else
+    setup() loads it."""
+    spec = load_task(task if task is not None else cfg.task)
+    return spec.datamodule(cfg, tokenizer, raw)

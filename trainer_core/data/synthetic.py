@@ -1,8 +1,9 @@
 """Small, deterministic, learnable data sets made in code, written as JSON lines like real data.
 
 There is no hub here and no package ships a translation corpus, so the default runs train on text generated from a
-tiny grammar. It is written to files in the WMT16 layout (``{"translation": {"en": ..., "xx": ...}}`` per line;
-``{"text": ...}`` for language modeling) and then read by the same code path as local real data.
+tiny grammar. A task turns it into rows (its TaskSpec's ``synthetic_records``: WMT16-style
+``{"translation": {"en": ..., "xx": ...}}`` for translation, ``{"text": ...}`` for language modeling); the rows
+are written to JSON-lines files and then read by the same code path as local real data.
 
 Translation into the invented language "xx" is a fixed word mapping plus two reorderings, so a tiny seq2seq model
 can learn it in a few hundred steps and BLEU shows it: an adjective follows its noun, and the verb moves to the end.
@@ -14,15 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Tuple
+
+from trainer_core.durable import write_atomic
+from trainer_core.tasks import load_task
 
 # Bump when the generated text changes: the version is part of the file names, so stale files are not reused.
 GENERATOR_VERSION = 1
-KINDS = ("translation", "language_modeling")
 
 # source word -> invented target word; every target word is distinct so the mapping is invertible
 DETERMINERS = {"the": "lo", "a": "un", "every": "kada", "this": "esto", "that": "aqel", "no": "nul"}
@@ -62,7 +63,7 @@ def sentence_pair(rng: random.Random) -> Tuple[str, str]:
     return " ".join(source), " ".join(target)
 
 
-def _translation_records(rng: random.Random, size: int, source: str, target: str, avoid: set) -> Iterator[dict]:
+def translation_records(rng: random.Random, size: int, source: str, target: str, avoid: set) -> Iterator[dict]:
     # Validation sentences never occur in training, so BLEU measures the rule, not memory.
     made = 0
     while made < size:
@@ -74,56 +75,46 @@ def _translation_records(rng: random.Random, size: int, source: str, target: str
         yield {"translation": {source: src, target: tgt}}
 
 
-def _text_records(rng: random.Random, size: int) -> Iterator[dict]:
+def text_records(rng: random.Random, size: int) -> Iterator[dict]:
     # A line holds one to three sentences of the source grammar, each closed by " .".
     for _ in range(size):
         sentences = [sentence_pair(rng)[0] + " ." for _ in range(rng.randint(1, 3))]
         yield {"text": " ".join(sentences)}
 
 
-def _parameters(kind: str, dataset_cfg: Any) -> Dict[str, Any]:
+def _parameters(spec: Any, dataset_cfg: Any) -> Dict[str, Any]:
     """Everything the generated text depends on; its hash names the files."""
-    params: Dict[str, Any] = {
-        "kind": kind,
+    return {
+        "kind": spec.name,
         "version": GENERATOR_VERSION,
         "seed": dataset_cfg.synthetic_seed,
         "train_size": dataset_cfg.synthetic_train_size,
         "val_size": dataset_cfg.synthetic_val_size,
+        **{key: dataset_cfg[key] for key in spec.synthetic_keys},
     }
-    if kind == "translation":
-        if not dataset_cfg.source_language or not dataset_cfg.target_language:
-            raise ValueError(
-                "synthetic translation data needs language keys: set dataset.source_language and "
-                "dataset.target_language (e.g. en and xx)"
-            )
-        params["languages"] = [dataset_cfg.source_language, dataset_cfg.target_language]
-    return params
 
 
-def _write_atomically(path: Path, records: Iterator[dict]) -> None:
+def _write_rows(path: Path, records: Iterable[dict]) -> None:
     # Ranks may write the same file at once: each writes its own temporary file and renames it into place.
     # The content is deterministic, so whichever rename lands last leaves the same bytes.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for record in records:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records))
 
 
-def write_synthetic(kind: str, dataset_cfg: Any) -> Dict[str, str]:
-    """Write (or reuse) the synthetic train and validation files; return ``{split name: path}``.
+def write_synthetic(task: Any, dataset_cfg: Any) -> Dict[str, str]:
+    """Write (or reuse) the synthetic train and validation files of `task` (a task name, module path or TaskSpec);
+    return ``{split name: path}``.
 
     The split names are ``dataset.train_split`` and ``dataset.validation_split``, as for ``dataset.data_files``.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown dataset.synthetic {kind!r}; valid: none, {', '.join(KINDS)}")
-    params = _parameters(kind, dataset_cfg)
+    spec = load_task(task, key="dataset.synthetic")
+    if spec.synthetic_records is None:
+        raise ValueError(
+            f"task {spec.name!r} makes no synthetic data; set dataset.synthetic=none and give dataset.data_files "
+            "or dataset.name"
+        )
+    params = _parameters(spec, dataset_cfg)
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    folder = Path(dataset_cfg.cache_dir) / "synthetic" / f"{kind}-{digest}"
+    folder = Path(dataset_cfg.cache_dir) / "synthetic" / f"{spec.name}-{digest}"
     folder.mkdir(parents=True, exist_ok=True)
 
     paths = {
@@ -133,16 +124,10 @@ def write_synthetic(kind: str, dataset_cfg: Any) -> Dict[str, str]:
     if all(p.exists() for p in paths.values()):
         return {split: str(p) for split, p in paths.items()}
 
-    # One generator for both splits, train first: validation then avoids every training sentence.
     rng = random.Random(f"zerorun-synthetic-{digest}")
-    if kind == "translation":
-        seen: set = set()
-        src, tgt = params["languages"]
-        train = list(_translation_records(rng, params["train_size"], src, tgt, seen))
-        validation = list(_translation_records(rng, params["val_size"], src, tgt, seen))
-    else:
-        train = list(_text_records(rng, params["train_size"]))
-        validation = list(_text_records(rng, params["val_size"]))
-    _write_atomically(paths[dataset_cfg.train_split], iter(train))
-    _write_atomically(paths[dataset_cfg.validation_split], iter(validation))
+    train, validation = spec.synthetic_records(
+        rng, dataset_cfg, params["train_size"], params["val_size"]
+    )
+    _write_rows(paths[dataset_cfg.train_split], train)
+    _write_rows(paths[dataset_cfg.validation_split], validation)
     return {split: str(p) for split, p in paths.items()}

@@ -18,22 +18,32 @@ from typing import Any, Dict, List
 
 from datasets import DatasetDict
 from filelock import FileLock
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-# Special tokens by model family. Their order fixes their ids: T5 wants pad=0 (also its decoder start), eos=1,
-# unk=2; GPT-2 uses one <|endoftext|> as bos, eos and pad (packed blocks never pad, so that is harmless).
+from trainer_core.tasks import load_task
+
+# Special tokens by model family, for the tasks to choose from. Their order fixes their ids: T5 wants pad=0 (also its
+# decoder start), eos=1, unk=2; GPT-2 uses one <|endoftext|> as bos, eos and pad (packed blocks never pad, so that
+# is harmless).
 SEQ2SEQ_SPECIALS = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
 CAUSAL_SPECIALS = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-TASK_SPECIALS = {"translation": SEQ2SEQ_SPECIALS, "language_modeling": CAUSAL_SPECIALS}
 
 
-def training_texts(raw: DatasetDict, dataset_cfg: Any, task_name: str, limit: int) -> List[str]:
-    """Up to ``limit`` training examples' text: both sides of each pair for translation."""
-    train = raw["train"].select(range(min(limit, len(raw["train"]))))
-    if task_name == "translation":
-        pairs = train["translation"]
-        return [p[lang] for p in pairs for lang in (dataset_cfg.source_language, dataset_cfg.target_language)]
-    return [t for t in train[dataset_cfg.text_column] if t]
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of what the tokenizer does: its serialized pipeline (vocabulary, merges, normalizer, ...) and its
+    special tokens. Two tokenizers with one fingerprint turn every text into the same ids."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        pipeline = json.loads(backend.to_str())
+        # Truncation and padding are per-call settings that the last call leaves behind in the backend, not
+        # properties of the tokenizer: hashing them would give the same tokenizer a new key after every use.
+        pipeline.pop("truncation", None)
+        pipeline.pop("padding", None)
+    else:  # a slow (pure Python) tokenizer: its vocabulary is what it has
+        pipeline = {"class": type(tokenizer).__name__, "vocab": tokenizer.get_vocab()}
+    digest = hashlib.sha256(json.dumps(pipeline, sort_keys=True).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
 
 
 def _train_bpe(texts: List[str], vocab_size: int, specials: Dict[str, str], seq2seq: bool) -> PreTrainedTokenizerFast:
@@ -68,21 +78,21 @@ def _cache_key(texts: List[str], vocab_size: int, specials: Dict[str, str], seq2
     return digest.hexdigest()[:16]
 
 
-def load_tokenizer(backbone_cfg: Any, raw: DatasetDict, dataset_cfg: Any, task_name: str) -> PreTrainedTokenizerFast:
-    """The backbone's tokenizer: ``backbone.tokenizer.name_or_path``, or one trained (once) on ``raw["train"]``."""
+def load_tokenizer(backbone_cfg: Any, raw: DatasetDict, dataset_cfg: Any, task: Any) -> PreTrainedTokenizerFast:
+    """The backbone's tokenizer: ``backbone.tokenizer.name_or_path``, or one trained (once) on ``raw["train"]`` with
+    the special tokens and text of `task` (a TaskSpec, a task config or a task name)."""
+    spec = load_task(task)
     tok_cfg = backbone_cfg.tokenizer
     if tok_cfg.name_or_path:
         tokenizer = AutoTokenizer.from_pretrained(tok_cfg.name_or_path)
-        if task_name == "language_modeling" and tokenizer.pad_token is None:
+        if not spec.encoder_decoder and tokenizer.pad_token is None:
             # GPT-2 ships without a pad token; packed blocks never pad, but collators and generate ask for one.
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
 
-    if task_name not in TASK_SPECIALS:
-        raise ValueError(f"unknown task.name {task_name!r}; valid: {', '.join(TASK_SPECIALS)}")
-    specials = TASK_SPECIALS[task_name]
-    seq2seq = task_name == "translation"
-    texts = training_texts(raw, dataset_cfg, task_name, tok_cfg.train_samples)
+    specials, seq2seq = dict(spec.tokenizer_specials), spec.encoder_decoder
+    train = raw["train"].select(range(min(tok_cfg.train_samples, len(raw["train"]))))
+    texts = spec.tokenizer_texts(train, dataset_cfg)
     if not texts:
         raise ValueError("no training text to train a tokenizer on; check the data or set backbone.tokenizer.name_or_path")
 
