@@ -1,7 +1,7 @@
 """Rendering: a JobPlan in, the exact text that would run out. Pure and deterministic (no clock, no argv, no
 environment read): the same plan and context give the same bytes, so scripts compare whole against golden files.
 
-- `sbatch_script`: the Slurm batch script, from submitit's own renderer (`_make_sbatch_string`): one allocation
+- `sbatch_script`: the Slurm batch script, from submitit's own renderer (through cluster/submitit_adapter.py): one allocation
   of nodes x tasks_per_node, srun starting every rank with the plan's entry command.
 - `rank_table`: who is who in the job (host, RANK, LOCAL_RANK, ...), derived through the same rendezvous
   function the ranks use, from the variables Slurm (or the local backend) will set.
@@ -27,6 +27,7 @@ from typing import Any, Optional
 from cluster import quoting, table
 from cluster.plan import HOST_ENTRY, RANK_ENTRY, JobPlan
 from cluster.rendezvous import SLURM_ENV, derive
+from cluster.submitit_adapter import sbatch_text
 from trainer_core import layout
 
 SCRIPT_NAME = "job.sbatch"
@@ -164,22 +165,16 @@ def sbatch_script(plan: JobPlan, ctx: RenderContext, array: Optional[ArraySpec] 
                   script: str = SCRIPT_NAME) -> str:
     """The batch script for `plan`, rendered by submitit, with zerorun's header; a job array when `array`
     (`script`: its file name in the sweep folder, for the header)."""
-    from submitit.slurm.slurm import _make_sbatch_string
-
     params, additional = sbatch_parameters(plan)
     if array is not None:
         # submitit's own array line: --array=0-{map_count-1}%{min(map_count, array_parallelism)}
         params["map_count"] = array.size
         params["array_parallelism"] = array.parallelism
-    body = _make_sbatch_string(
+    body = sbatch_text(
         command=quoting.join(srun_argv(plan, array)),
-        folder=plan.run_dir,  # unused: every path submitit would derive from it is set below
-        wckey=None,  # type: ignore[arg-type]
         setup=_setup_lines(plan, array),
         teardown=[host_step(plan), ""],  # the empty line ends the script with a newline
-        stderr_to_stdout=True,
-        use_srun=False,  # zerorun writes the srun line itself, through cluster.quoting
-        additional_parameters=additional,
+        additional=additional,
         **params,
     )
     shebang, _, rest = body.partition("\n")

@@ -19,7 +19,6 @@ from configs.schema import BUILTIN_TASKS, NOT_TASKS, task_module
 STRATEGIES = ("auto", "ddp", "deepspeed")
 ZERO_STAGES = (2,)
 LOGGERS = ("tensorboard", "csv")
-BACKENDS = ("local", "slurm")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 # signals Slurm may send as the job's own (--signal); zerorun records it and TERM/INT (trainer_core/signals.py). Not HUP:
 # ninja resets it to the default for the compilers it starts, so it would kill an op build at start-up.
@@ -152,7 +151,6 @@ def _cluster_problems(cfg: Any) -> list[str]:
     _choice(p, "trainer.strategy.name", s.name, STRATEGIES)
     _choice(p, "trainer.logger", t.logger, LOGGERS)
     _choice(p, "trainer.precision", str(t.precision), PRECISIONS)
-    _choice(p, "cluster.backend", c.backend, BACKENDS)
     if s.name == "deepspeed" and s.stage not in ZERO_STAGES:
         p.append(
             f"trainer.strategy.stage={s.stage}: this project supports ZeRO stage 2 only "

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from configs.finalize import finalize
 from configs.schema import register
+from cluster.backends import get_backend
 from configs.validate import ConfigError, check_config
 
 register()
@@ -27,6 +28,7 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         if cfg.resume:
             cfg = runs.resumed_config(cfg.resume, list(overrides))
         check_config(cfg)
+        get_backend(str(cfg.cluster.backend))  # an unknown backend: the message lists the valid ones
     except (ConfigError, ValueError, FileNotFoundError) as e:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2

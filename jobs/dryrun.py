@@ -48,7 +48,8 @@ def rendered_files(cfg: Any, plan: JobPlan, ctx: render.RenderContext,
     from omegaconf import OmegaConf
 
     backend = backend or get_backend(plan.backend)
-    files = {layout.CONFIG: OmegaConf.to_yaml(cfg, resolve=True),
+    # a finalized config has nothing left to resolve; resolving again would undo its escaped literals (\${...})
+    files = {layout.CONFIG: OmegaConf.to_yaml(cfg, resolve=False),
              RANKS_NAME: render.table_text(backend.rank_table(plan))}
     files.update(backend.script_files(plan, ctx))
     return files

@@ -19,15 +19,6 @@ def prepare(run_dir: str) -> Path:
     return path
 
 
-def save_config(cfg: Any, run_dir: str) -> Path:
-    """Save the resolved config; ranks load it from here, so later edits to the user's files do not leak in."""
-    path = prepare(run_dir) / CONFIG_NAME
-    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
-    return path
-
-
 def load_config(run_dir: str | os.PathLike) -> DictConfig:
     path = Path(run_dir) / CONFIG_NAME
     if not path.exists():

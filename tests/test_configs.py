@@ -224,14 +224,15 @@ def test_escaped_interpolation_reaches_the_rendered_setup_line_unchanged(compose
     assert "\nexport A=${HOME}/x\n" in script and "\necho ${seed}\n" in script
 
 
-@pytest.mark.xfail(strict=True, reason="jobs/runs.py save_config writes OmegaConf.to_yaml(cfg, resolve=True), which "
-                   "unescapes the literal again; a finalized config has nothing left to resolve, so it should be "
-                   "saved with resolve=False (a one-word change in a file another engineer owns)")
 def test_the_rank_loads_the_literal_from_the_run_folder(compose, tmp_path):
+    from cluster.plan import make_plan
     from configs.finalize import finalize
-    from jobs.runs import load_config, save_config
+    from jobs.dryrun import context, rendered_files, write_files
+    from jobs.runs import load_config
 
-    save_config(finalize(compose(ESCAPED)), str(tmp_path / "run"))
+    cfg = finalize(compose(ESCAPED, f"run_dir={tmp_path / 'run'}"))
+    plan = make_plan(cfg)
+    write_files(plan.run_dir, rendered_files(cfg, plan, context(("zerorun",))))
     assert list(load_config(tmp_path / "run").cluster.setup) == LITERAL_SETUP
 
 

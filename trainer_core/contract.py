@@ -11,11 +11,12 @@ When asked to stop (the stop signal, SIGTERM, SIGINT), every rank checkpoints at
 and exits with EXIT_RESUMABLE. Whether the job then goes back into the queue is decided on the batch host
 (jobs/after_step.py), outside the ranks and outside any container.
 
-Pure: no torch, no process, file or network access.
+No torch; nothing here touches a process or a file, and `free_port` is its one look at the network.
 """
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -84,3 +85,11 @@ class Rendezvous:
 def single_process(port: int, job_id: str = "0", node: str = "localhost") -> Rendezvous:
     """The rendezvous of a run in the launching process itself (one rank, this machine)."""
     return Rendezvous("127.0.0.1", port, 1, 0, 0, 0, 1, 1, job_id, 0, node)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on this machine now, for a rendezvous that runs here (the local backend, a run inside the
+    launching process)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from trainer_core import attempts
 from trainer_core.signals import StopSignals
 from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config, write_text_atomic
-from trainer_core.contract import Rendezvous, single_process
+from trainer_core.contract import Rendezvous, free_port, single_process
 from trainer_core.checkpointing import AtomicCheckpoint
 from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
@@ -56,7 +56,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     from trainer_core.tasks import build_task, load_task
 
     run_dir = Path(cfg.run_dir)
-    rendezvous = rendezvous or single_process(port=_free_port())
+    rendezvous = rendezvous or single_process(port=free_port())
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_task)))
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -182,10 +182,3 @@ def _resume_from(store: CheckpointStore, meta: CheckpointMeta, required: bool) -
         raise CheckpointError(f"cannot resume from {latest}: {why}")
     log.info("zerorun: resuming from %s (step %d)", latest, found.step)
     return latest / "ckpt", found.step
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +27,7 @@ from cluster.plan import JobPlan, RankSpec
 from cluster.preflight import ClusterFacts, Preflight, plan_problems
 from cluster.rendezvous import PORT_OVERRIDE_ENV, SLURM_ENV
 from trainer_core import layout
-from trainer_core.contract import EXIT_RESUMABLE, Rendezvous
+from trainer_core.contract import EXIT_RESUMABLE, Rendezvous, free_port
 
 LOCAL_HOST = "127.0.0.1"
 LOCAL_SCRIPT_NAME = "job.local.sh"
@@ -133,12 +132,6 @@ class LocalBackend:
 
     def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
         return False, "a local run cannot be requeued"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCAL_HOST, 0))
-        return s.getsockname()[1]
 
 
 def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None) -> LocalResult:
