@@ -213,6 +213,9 @@ def slurm_plan_problems(plan: JobPlan) -> list[str]:
         p.append("trainer.strategy.name=deepspeed on a Slurm job with cluster.gpus_per_node=0: DeepSpeed needs "
                  "GPUs; set cluster.gpus_per_node (and tasks_per_node) to the GPUs of a node, or "
                  "cluster.cpu_rehearsal=true to rehearse DeepSpeed on CPU ranks")
+    if "%" in plan.run_dir:
+        p.append(f"the run folder {plan.run_dir!r} holds a '%': Slurm 22.05 reads it as a file-name pattern in "
+                 "the ranks' --output and no rank could start; choose cluster.runs_dir, name and run_id without %")
     if not p and not plan_problems(plan):
         try:
             sbatch_parameters(plan)

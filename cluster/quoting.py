@@ -4,9 +4,11 @@ caller, never by passing them through these functions.
 
 Three readers, three rules:
 - the shell (bash) reads script lines: `word()` single-quotes a literal so bash hands it over byte for byte;
-- sbatch reads `#SBATCH` lines with its own parser (backslashes escape even inside quotes, a newline ends the
-  directive): `directive()` admits only values that read the same to sbatch and to a shell, and refuses the rest
-  with the fix; `slurm_name()` turns any text into such a value (lossy, for labels such as the job name);
+- sbatch reads `#SBATCH` lines with its own parser (bash never does: to bash they are comments). Whitespace ends
+  a value, quotes group and backslashes escape even inside quotes, a newline ends the directive: `directive()`
+  admits values without those characters (Slurm's lists, ranges and feature expressions such as `n[01-04]`,
+  `a100&ib`, `[rack1|rack2]*2` included) and refuses the rest with the fix; `slurm_name()` turns any text into
+  such a value (lossy, for labels such as the job name);
 - Slurm expands `%j`, `%t`, ... in file names and treats any backslash as "expand nothing": `filename_pattern()`
   escapes `%` in a literal path and refuses backslashes.
 A comment line must stay one line: `comment()` writes text as JSON, so a newline cannot end the comment early.
@@ -20,8 +22,9 @@ import re
 import shlex
 from typing import Any, Iterable
 
-# Characters that mean nothing special to bash, to sbatch's directive parser or to Slurm's list syntax.
-_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./-]+$")
+# Characters sbatch's directive parser reads literally: everything but whitespace, quotes and backslashes
+# (Slurm's own syntax: hostlists n[01-04], feature expressions a100&ib, a|b, [x|y]*2, !feature, times 1-00:00).
+_DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_@%+=:,./\-\[\]&|!*()~^]+$")
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_.+-]+")
 # A job name longer than this is cut: squeue and sacct show a few dozen characters at most.
 NAME_MAX = 64
@@ -59,8 +62,9 @@ def directive(key: str, value: Any) -> str:
     text = str(value)
     if not _DIRECTIVE_SAFE.fullmatch(text):
         raise QuotingError(
-            f"sbatch --{key.replace('_', '-')}={text!r}: an #SBATCH value may hold only letters, digits and "
-            "_@%+=:,./- (sbatch and bash read other characters differently); use the plain Slurm name or number"
+            f"sbatch --{key.replace('_', '-')}={text!r}: an #SBATCH value may not hold whitespace, quotes, "
+            "backslashes or other characters sbatch reads specially; use the plain Slurm name, number or "
+            "expression (letters, digits and _@%+=:,./-[]&|!*()~^)"
         )
     return text
 

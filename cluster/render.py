@@ -128,8 +128,8 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
         "output": "/dev/null",
         "export": quoting.directive("export", ",".join(plan.exports) or "NONE"),
     }
-    if plan.requeue:
-        additional["requeue"] = True
+    # cluster.requeue=false: Slurm itself must not requeue the job either (on a node failure, say)
+    additional["requeue" if plan.requeue else "no_requeue"] = True
     for key, value in plan.sbatch_extra:
         quoting.directive("sbatch_extra key", key)
         if value is False or value is None:

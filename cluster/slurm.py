@@ -47,6 +47,20 @@ class SlurmError(RuntimeError):
     """A Slurm command failed; the message quotes Slurm and says what to do."""
 
 
+class SlurmTimeout(SlurmError):
+    """A Slurm command did not answer in time: what it was asked to do may still have happened."""
+
+
+def command_timeout_s() -> float:
+    """How long a Slurm command may take: ZERORUN_SLURM_TIMEOUT_S (a busy controller), else TIMEOUT_S."""
+    import os
+
+    try:
+        return float(os.environ.get("ZERORUN_SLURM_TIMEOUT_S") or TIMEOUT_S)
+    except ValueError:
+        return TIMEOUT_S
+
+
 @dataclass(frozen=True)
 class JobState:
     job_id: str
@@ -149,15 +163,17 @@ def failed_tasks(batch_log: str) -> list[TaskFailure]:
     return first + killed
 
 
-def run_command(argv: list[str], *, cwd: Optional[str] = None, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
+def run_command(argv: list[str], *, cwd: Optional[str] = None,
+                timeout: Optional[float] = None) -> subprocess.CompletedProcess:
     """Every Slurm command this project runs goes through here: one place for PATH and time-out errors."""
     if shutil.which(argv[0]) is None:
         raise SlurmError(f"{argv[0]} is not on PATH: run zerorun where the Slurm client commands are installed "
                          "(a login node), or use cluster=local")
+    timeout = command_timeout_s() if timeout is None else timeout
     try:
         return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise SlurmError(f"{argv[0]} did not answer within {timeout:.0f} s: is slurmctld up? (scontrol ping)") from None
+        raise SlurmTimeout(f"{argv[0]} did not answer within {timeout:.0f} s: is slurmctld up? (scontrol ping)") from None
 
 
 def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
@@ -170,6 +186,34 @@ def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
     if not job_id.isdigit():
         raise SlurmError(f"sbatch answered {out.stdout.strip()!r}, not a job id")
     return job_id
+
+
+def sbatch_or_find(run_dir: str, job_name: str, script: str = render.SCRIPT_NAME,
+                   retries_s: tuple[float, ...] = (0.0, 2.0, 5.0)) -> str:
+    """sbatch, and when it does not answer in time, look for the job it may have queued before saying it did not:
+    a job of this name whose working directory is this folder, submitted since just before (live ones from
+    squeue, finished ones from sacct). Raises SlurmError when none is found (saying it may still appear)."""
+    import os
+    import time
+
+    since = time.time()
+    try:
+        return sbatch(run_dir, script)
+    except SlurmTimeout as e:
+        why: Optional[str] = None
+        for pause in retries_s:
+            time.sleep(pause)
+            try:
+                ids, why = find_named(job_name, since)
+            except SlurmError as asked:
+                why = str(asked)
+                continue
+            mine = [j for j in ids if work_dir(j) == os.path.realpath(run_dir)]
+            if mine:
+                return mine[-1]
+        raise SlurmError(f"{e} No job named {job_name!r} from {run_dir} is known to squeue or sacct yet"
+                         + (f" ({why})" if why else "") + ": it may still be queued. Check `squeue --me` (or "
+                         f"`zerorun status {run_dir}` in a minute) before submitting again.") from None
 
 
 def test_only(run_dir: str, script: str = render.SCRIPT_NAME) -> tuple[bool, str]:

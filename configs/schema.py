@@ -265,7 +265,7 @@ def new_run_id() -> str:
     import secrets
     import time
 
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(4)
 
 
 def register() -> None:

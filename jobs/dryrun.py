@@ -18,10 +18,12 @@ from cluster import preflight, quoting, render, table
 from cluster.preflight import ask_test_only  # noqa: F401  (the sweep dry run asks it too)
 from cluster.backends import Backend, get_backend
 from cluster.plan import JobPlan
+from jobs.problems import report
 from trainer_core import layout
 from trainer_core.durable import write_atomic
 
 RANKS_NAME = layout.RANK_TABLE
+CANNOT = "the job cannot be submitted"
 # print at most this many rows of the rank table (the file in the run folder has all of them)
 PRINT_ROWS_HEAD = 16
 PRINT_ROWS_TAIL = 4
@@ -92,10 +94,10 @@ def dry_run(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Optio
         files = rendered_files(cfg, plan, context(command), backend)
     except quoting.QuotingError as e:
         # the script cannot even be written: say why, write nothing
-        return _report(list(dict.fromkeys([*check.problems, str(e)])), err)
+        return report([*check.problems, str(e)], err, CANNOT)
     leaks = refuse_secrets(files)
     if leaks:
-        return _report(leaks, err)
+        return report(leaks, err, CANNOT)
     run_dir = write_files(plan.run_dir, files)
 
     out.write(f"zerorun dry run: nothing is submitted. Run folder: {run_dir}\n")
@@ -112,11 +114,6 @@ def dry_run(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Optio
         problems += backend.ask_scheduler(str(run_dir), facts, out)
     if problems:
         out.flush()
-        return _report(problems, err)
+        return report(problems, err, CANNOT)
     out.write("preflight: ok\n")
     return 0
-
-
-def _report(problems: list[str], err: TextIO) -> int:
-    err.write("zerorun: the job cannot be submitted:\n" + "".join(f"  - {p}\n" for p in problems))
-    return 2

@@ -4,19 +4,80 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-CONFIG_NAME = "config.yaml"
+from trainer_core import attempts, layout
+
+CONFIG_NAME = layout.CONFIG
+
+
+class RunFolderError(ValueError):
+    """The run folder cannot be used for this launch; the message names the fix."""
 
 
 def prepare(run_dir: str) -> Path:
-    """Create the run folder, readable by its owner only (it holds the config and, later, the user's diff)."""
+    """Create the run folder, readable by its owner only (it holds the config and, later, the user's diff).
+    A folder that exists already keeps its mode: it may be a shared one the user pointed at."""
     path = Path(run_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    try:
+        path.mkdir(parents=True, mode=0o700)
+    except FileExistsError:
+        if not path.is_dir():
+            raise RunFolderError(f"{run_dir} exists and is not a folder; choose another cluster.runs_dir or name")
+    else:
+        os.chmod(path, 0o700)  # mkdir's mode is masked by the umask
     return path
+
+
+def claim(run_dir: str) -> None:
+    """Make this launch the run folder's only first launch: the claim file is created exclusively, so two
+    launches into one folder (the same run_id twice, or two runs started in the same second with the same id)
+    cannot both proceed. A resume does not claim: the folder is its own."""
+    try:
+        fd = os.open(Path(run_dir) / layout.CLAIM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise RunFolderError(
+            f"{run_dir} already holds a run; continue it with resume={run_dir}, or start a new run with another "
+            "run_id (leave run_id unset for a fresh one)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def live_job(run_dir: str | os.PathLike) -> Optional[str]:
+    """Why the run's job is still alive (pending, running or requeued on its scheduler, or ranks of a local run
+    still running), or None. A resume must not start a second job in the same folder."""
+    from cluster.backends import get_backend
+    from jobs import snapshot
+
+    run_dir = Path(run_dir)
+    record = snapshot.read_record(run_dir)
+    if record is not None and record.job_id:
+        cfg = load_config(run_dir)
+        state = get_backend(str(cfg.cluster.backend)).query([record.job_id]).get(record.job_id)
+        if state is not None and not state.finished and state.state != "UNKNOWN":
+            return f"its job {record.job_id} is {state.state}; cancel it first (zerorun cancel {record.job_id}) or " \
+                   f"wait for it to end"
+    current = attempts.current(attempts.read(run_dir))
+    if current is not None and current.end is None and current.requeued is None and current.failure is None:
+        pids = [int(e["pid"]) for e in attempts.read(run_dir) if e["event"] == "rank_start" and e.get("pid")
+                and str(e.get("job_id")) == current.job_id and record is None]
+        alive = [p for p in pids if _alive(p)]
+        if alive:
+            return f"ranks of its local run are still running (pids {', '.join(map(str, alive))}); stop that run " \
+                   "first (Ctrl-C where it runs)"
+    return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_config(run_dir: str | os.PathLike) -> DictConfig:
@@ -52,6 +113,9 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
         OmegaConf.update(cfg, key, o.value(), merge=False)
     cfg.run_dir = run_dir
     cfg.resume = run_dir
+    live = live_job(run_dir)
+    if live:
+        raise RunFolderError(f"resume={resume_dir}: not while the run is alive: {live}")
     check_resumable(cfg)
     return cfg
 

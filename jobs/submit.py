@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence, TextIO
 from cluster import preflight, quoting, slurm
 from cluster.backends import Backend, get_backend
 from cluster.plan import JobPlan
+from jobs.problems import report
 from jobs.dryrun import context, refuse_secrets, rendered_files, write_files
 from trainer_core import layout
 from trainer_core.contract import EXIT_RESUMABLE
@@ -41,11 +42,18 @@ def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Option
             problems.append(str(e))
     problems += refuse_secrets(files)
     if problems:
-        err.write("zerorun: not submitted:\n" + "".join(f"  - {p}\n" for p in problems))
-        return 2
+        return report(problems, err)
     for note in check.notes:
         err.write(f"zerorun: preflight note: {note}\n")
 
+    from jobs.runs import RunFolderError, claim, prepare
+
+    try:
+        prepare(plan.run_dir)
+        if not cfg.get("resume"):
+            claim(plan.run_dir)
+    except RunFolderError as e:
+        return report([str(e)], err)
     run_dir = write_files(plan.run_dir, files)
     if backend.runs_in_foreground:
         return _run_here(cfg, plan, backend, str(run_dir), out, err)

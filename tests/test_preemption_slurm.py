@@ -237,7 +237,7 @@ def test_time_limit_checkpoints_requeues_and_stops_after_max_timeouts(slurm_clus
 
 
 def test_without_scontrol_the_job_ends_resumable(slurm_cluster, compose, tmp_path):
-    # a node whose PATH has srun but no scontrol: the rank checkpoints, cannot requeue, and says so
+    # a batch host whose PATH has srun but no scontrol: the ranks checkpoint, the job cannot requeue, and says so
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "srun").symlink_to(shutil.which("srun"))
@@ -248,7 +248,7 @@ def test_without_scontrol_the_job_ends_resumable(slurm_cluster, compose, tmp_pat
     st = finished(job_id, timeout=60)
     assert st.exit_code == f"{EXIT_RESUMABLE}:0", f"{st}\n{logs_of(run_dir)}"
     (attempt,) = attempts.attempts(attempts.read(run_dir))
-    assert attempt.requeued is False and "scontrol is not on this node's PATH" in attempt.requeue
+    assert attempt.requeued is False and "scontrol is not on PATH" in attempt.requeue
     assert "zerorun: stopped at step" in logs_of(run_dir) and "resumable with resume=" in logs_of(run_dir)
     assert "RESUMABLE" in status_text(run_dir)
 

@@ -26,6 +26,8 @@ from typing import Union
 PathLike = Union[str, os.PathLike]
 
 CONFIG = "config.yaml"
+# created exclusively by the first launch of a run: a second launch into the same folder is refused
+CLAIM = ".zerorun-run"
 RANK_TABLE = "ranks.txt"
 SUBMISSION = "submission.json"
 SNAPSHOT = "snapshot"

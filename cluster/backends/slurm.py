@@ -41,7 +41,7 @@ class SlurmBackend:
         return preflight.ask_test_only(run_dir, None, facts, out, "script")
 
     def launch(self, plan: JobPlan, run_dir: str, out: TextIO, err: TextIO) -> tuple[str, int]:
-        return slurm.sbatch(run_dir), 0
+        return slurm.sbatch_or_find(run_dir, render.sbatch_parameters(plan)[0]["job_name"]), 0
 
     def query(self, job_ids: list[str]) -> dict[str, slurm.JobState]:
         return slurm.query(job_ids)
