@@ -212,3 +212,14 @@ def test_a_commit_killed_at_any_moment_leaves_latest_whole_and_the_next_save_win
         assert not [p.name for p in store.root.iterdir() if p.name.startswith((".tmp-", ".trash-"))]
         kill_at += 1
     assert kill_at > 3 and seen_after_kill == {expected_before, "new"}, (kill_at, seen_after_kill)
+
+
+# ---- what a resume refuses ----
+
+@pytest.mark.parametrize("strategy", ["ddp", "deepspeed", "auto"])
+def test_a_resume_on_another_number_of_ranks_is_refused_for_every_strategy(strategy):
+    written = CheckpointMeta(step=40, strategy=strategy, world_size=2, model="M/1")
+    why = written.mismatch(CheckpointMeta(step=0, strategy=strategy, world_size=4, model="M/1"))
+    assert why and "for 2 ranks, this run has 4" in why, why
+    assert "resume with the same cluster.nodes x cluster.tasks_per_node = 2 ranks" in why
+    assert written.mismatch(CheckpointMeta(step=0, strategy=strategy, world_size=2, model="M/1")) is None

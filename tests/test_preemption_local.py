@@ -185,7 +185,10 @@ def test_resume_refuses_a_corrupt_latest_pointer(finished_run):
 @pytest.mark.parametrize("override,found", [
     ("backbone.model_config.d_model=32", "a model configured otherwise (backbone.model_config.d_model: 64 -> 32;"),
     ("trainer.strategy.name=deepspeed", "written by strategy 'ddp', this run uses 'deepspeed'"),
-], ids=["other-model", "other-strategy"])
+    # DDP too: the sampler's position is counted per rank
+    ("cluster.tasks_per_node=1", "data sampler position is for 2 ranks, this run has 1; resume with the same "
+                                 "cluster.nodes x cluster.tasks_per_node = 2 ranks"),
+], ids=["other-model", "other-strategy", "other-world-size"])
 def test_resume_refuses_a_checkpoint_of_another_model_or_strategy(finished_run, override, found):
     before = _snapshot(finished_run)
     err = _refused(f"resume={finished_run}", override)

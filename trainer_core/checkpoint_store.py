@@ -74,10 +74,13 @@ class CheckpointMeta:
                 f"it was written by strategy {self.strategy!r}, this run uses {other.strategy!r}; "
                 "resume with the trainer it was written with"
             )
-        if self.strategy == "deepspeed" and self.world_size != other.world_size:
+        if self.world_size != other.world_size:
+            # ZeRO shards are cut per rank; any strategy's data sampler position is counted per rank too (a
+            # resume on another number of ranks would silently move it), until resuming across sizes exists
+            held = "ZeRO shards are" if self.strategy == "deepspeed" else "data sampler position is"
             return (
-                f"its ZeRO shards are for {self.world_size} ranks, this run has {other.world_size}; "
-                "resume with the same nodes x tasks_per_node"
+                f"its {held} for {self.world_size} ranks, this run has {other.world_size}; resume with "
+                f"the same cluster.nodes x cluster.tasks_per_node = {self.world_size} ranks it was written with"
             )
         return None
 
