@@ -188,9 +188,9 @@ class CheckpointStore:
         names a whole folder at every moment: the new save gets the next free name (step-S.1, step-S.2...) and the
         older one is pruned once ``latest`` has moved.
 
-        Every file and folder of the save is fsynced here, after the barrier, before the pointer moves. Ranks on
-        other nodes wrote their shards through a shared file system whose close() sends the data to the server
-        (NFS close-to-open), and whose fsync from this node flushes the server's copy (Lustre, GPFS)."""
+        Every file and folder of the save is fsynced here, after the barrier, before the pointer moves. Shards
+        that ranks on other nodes wrote are covered where the shared file system makes a writer's data stable
+        when it closes the file (NFS's close-to-open) or lets this node's fsync flush it."""
         tmp = self.tmp_dir(meta.step)
         fsync_tree(tmp)  # the shards, however the strategy wrote them, and their folders
         # the record last: a folder with meta.json is a complete checkpoint
@@ -215,7 +215,9 @@ class CheckpointStore:
         checkpoints. Each goes to a .trash- name first (one fsync for all), then is deleted."""
         step = _order(latest)[0]
         earlier = [p for p in self.complete() if _order(p)[0] < step]
-        keep = {latest, *(earlier[-(keep_last - 1):] if keep_last > 1 else ([] if keep_last else earlier))}
+        if keep_last > 0:  # `latest` is one of them
+            earlier = earlier[max(0, len(earlier) - (keep_last - 1)):]
+        keep = {latest, *earlier}
         doomed = [p for p in self._step_folders() if p not in keep]
         if not doomed:
             return
