@@ -44,7 +44,8 @@ def stop_injector(where: Path) -> Path:
     where.mkdir(exist_ok=True)
     (where / "sitecustomize.py").write_text(f"""
 import os, signal, sys, time
-if os.environ.get({STOP_AT_ENV!r}) and os.environ.get("SLURM_PROCID") == "0":
+# rank 0, by the scheduler's variable or the rank contract's (whichever the backend sets)
+if os.environ.get({STOP_AT_ENV!r}) and os.environ.get("SLURM_PROCID", os.environ.get("RANK")) == "0":
     _step = int(os.environ[{STOP_AT_ENV!r}])
     _in_save = os.environ.get({STOP_IN_ENV!r}) == "save"
     class _Hook:
