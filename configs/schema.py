@@ -167,6 +167,9 @@ class TrainerConfig:
     # "tensorboard" or "csv"
     logger: str = "tensorboard"
     enable_progress_bar: bool = True
+    # seconds a collective (all-reduce, barrier, a checkpoint save's meeting) waits for the other ranks before
+    # the process group gives up and the job fails; raise it when a save or a rank's start-up can take longer
+    collective_timeout_s: int = 1800
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 

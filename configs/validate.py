@@ -190,6 +190,11 @@ def _cluster_problems(cfg: Any) -> list[str]:
         )
     if t.max_steps < 1:
         p.append(f"trainer.max_steps={t.max_steps}: training is defined in optimizer steps; set it to at least 1")
+    if t.collective_timeout_s <= 0:
+        p.append(
+            f"trainer.collective_timeout_s={t.collective_timeout_s}: the ranks' collectives need a time limit; "
+            "set it to a number of seconds above 0 (default 1800)"
+        )
     if c.time_min < 1:
         p.append(f"cluster.time_min={c.time_min}: the time limit must be at least 1 minute")
     signal_name = str(c.signal).upper().removeprefix("SIG")

@@ -5,13 +5,16 @@ never interrupted (stateful loader and sampler, per-rank RNG, same schedule), it
 A stop on an epoch's last batch is the hard case (2 ranks, 400 samples, batch 32: 7 batches an epoch, so steps
 7, 14, 21 end an epoch). To land a stop on a chosen step, rank 0 sends the job's signal to the local launcher
 (which forwards it to every rank, as Slurm does) just before the ranks agree on stopping at that step: the
-moment is injected, the signal path and everything after it are the real ones.
+moment is injected, the signal path and everything after it are the real ones. A stopped run exits with
+EXIT_RESUMABLE (75); whether it goes back into the queue is the batch host's decision, not rehearsed here. A stop
+asked in the last step, or during the final save, lets the run finish as completed.
 
 Also here: a resume=RUN_DIR that cannot work is refused before anything is written.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -31,31 +34,48 @@ COMMON = (
     "dataset.max_val_samples=8", "backbone.model_config.dropout_rate=0.1", "seed=7", "cluster.tasks_per_node=2",
 )
 STOP_AT_ENV = "ZR_TEST_STOP_AT_STEP"
+STOP_IN_ENV = "ZR_TEST_STOP_IN"
 
 
 def stop_injector(where: Path) -> Path:
     """A sitecustomize for rank 0: at step $ZR_TEST_STOP_AT_STEP, send the job's signal to the launcher (the
-    rank's parent) and wait until this rank has recorded it, before the ranks agree whether to stop."""
+    rank's parent) and wait until this rank has recorded it. $ZR_TEST_STOP_IN says when: "boundary" (default),
+    at the step's end before the ranks agree whether to stop; "save", as that step's checkpoint save begins."""
     where.mkdir(exist_ok=True)
     (where / "sitecustomize.py").write_text(f"""
 import os, signal, sys, time
-if os.environ.get({STOP_AT_ENV!r}) and os.environ.get("SLURM_PROCID") == "0":
+# rank 0, by the scheduler's variable or the rank contract's (whichever the backend sets)
+if os.environ.get({STOP_AT_ENV!r}) and os.environ.get("SLURM_PROCID", os.environ.get("RANK")) == "0":
     _step = int(os.environ[{STOP_AT_ENV!r}])
+    _in_save = os.environ.get({STOP_IN_ENV!r}) == "save"
     class _Hook:
         def find_spec(self, name, path=None, target=None):
             if name != "trainer_core.train":
                 return None
             sys.meta_path.remove(self)
-            from trainer_core import preemption
-            original = preemption.StopAtStepBoundary._any_rank_asked
-            def _any_rank_asked(self, trainer):
-                if trainer.global_step == _step and self.signals.requested is None:
-                    os.kill(os.getppid(), getattr(signal, "SIG" + self.signals.job_signal))
+            from trainer_core import checkpointing, preemption
+            stopper = {{}}
+            def _ask(trainer):
+                signals = stopper["signals"]
+                if trainer.global_step == _step and signals.requested is None:
+                    os.kill(os.getppid(), getattr(signal, "SIG" + signals.job_signal))
                     deadline = time.monotonic() + 10
-                    while self.signals.requested is None and time.monotonic() < deadline:
+                    while signals.requested is None and time.monotonic() < deadline:
                         time.sleep(0.001)
-                return original(self, trainer)
-            preemption.StopAtStepBoundary._any_rank_asked = _any_rank_asked
+                    print(f"zr-test: stop asked at step {{trainer.global_step}}", flush=True)
+            on_batch_end = preemption.StopAtStepBoundary.on_train_batch_end
+            def on_train_batch_end(self, trainer, *args):
+                stopper["signals"] = self.signals
+                if not _in_save:
+                    _ask(trainer)
+                return on_batch_end(self, trainer, *args)
+            preemption.StopAtStepBoundary.on_train_batch_end = on_train_batch_end
+            save = checkpointing.AtomicCheckpoint.save
+            def _save(self, trainer, why):
+                if _in_save:
+                    _ask(trainer)
+                return save(self, trainer, why)
+            checkpointing.AtomicCheckpoint.save = _save
             return None
     sys.meta_path.insert(0, _Hook())
 """)
@@ -112,6 +132,7 @@ def test_signal_stops_every_rank_at_one_step_and_resume_is_bit_exact(tmp_path, r
     out = train(f"cluster.runs_dir={tmp_path / 'runs'}", *COMMON, *overrides, "trainer.checkpoint.save_at_end=false",
                 env={"PYTHONPATH": str(inject), STOP_AT_ENV: str(stop)}, status=EXIT_RESUMABLE)
     run_dir = run_dir_of(tmp_path / "runs")
+    assert f"stopped at step {stop} (signal USR2): checkpointed; exiting resumable (75)" in out, out[-3000:]
     assert f"stopped at step {stop} (preemption)" in out, out[-3000:]
 
     events = [e for e in attempts.read(run_dir) if e["event"] != "rank_start"]
@@ -129,6 +150,25 @@ def test_signal_stops_every_rank_at_one_step_and_resume_is_bit_exact(tmp_path, r
     runs = attempts.attempts(attempts.read(run_dir))
     assert [(a.resumed_from_step, a.end) for a in runs] == [(None, "stopped"), (stop, "completed")]
     assert_same_run(run_dir, ref)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["boundary", "save"])
+def test_a_stop_asked_in_the_last_step_lets_the_run_finish_with_its_validation(tmp_path, where):
+    """A run that has reached max_steps is done: a stop asked then (or during the final save) must not send it
+    back to the queue with its validation skipped (the rerun would write metrics without the sweep's metric)."""
+    inject = stop_injector(tmp_path / "inject")
+    out = train(f"cluster.runs_dir={tmp_path / 'runs'}", *COMMON, "trainer=ddp", f"trainer.val_check_interval={STEPS}",
+                "trainer.checkpoint.save_at_end=true",
+                env={"PYTHONPATH": str(inject), STOP_AT_ENV: str(STEPS), STOP_IN_ENV: where})
+    assert f"zr-test: stop asked at step {STEPS}" in out, out[-3000:]
+    run_dir = run_dir_of(tmp_path / "runs")
+    events = attempts.read(run_dir)
+    assert [e["event"] for e in events] == ["start", "first_step", "checkpoint", "end"], events
+    assert events[-1]["status"] == "completed" and events[-1]["step"] == STEPS
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["global_step"] == STEPS and "val_loss" in metrics, metrics
+    assert [r["metrics"]["global_step"] for r in read_rank_reports(run_dir)] == [STEPS, STEPS]
 
 
 @pytest.mark.slow
@@ -187,7 +227,10 @@ def test_resume_refuses_a_corrupt_latest_pointer(finished_run):
 @pytest.mark.parametrize("override,found", [
     ("backbone.model_config.d_model=32", "a model configured otherwise (backbone.model_config.d_model: 64 -> 32;"),
     ("trainer.strategy.name=deepspeed", "written by strategy 'ddp', this run uses 'deepspeed'"),
-], ids=["other-model", "other-strategy"])
+    # DDP too: the sampler's position is counted per rank
+    ("cluster.tasks_per_node=1", "data sampler position is for 2 ranks, this run has 1; resume with the same "
+                                 "cluster.nodes x cluster.tasks_per_node = 2 ranks"),
+], ids=["other-model", "other-strategy", "other-world-size"])
 def test_resume_refuses_a_checkpoint_of_another_model_or_strategy(finished_run, override, found):
     before = _snapshot(finished_run)
     err = _refused(f"resume={finished_run}", override)

@@ -5,12 +5,18 @@ Layout inside a run folder:
     checkpoints/
       step-00000040/ckpt        a file (ddp, single device) or a folder of shards (DeepSpeed ZeRO)
       step-00000040/meta.json   step, strategy, world size, model: what a resume checks before loading
+      step-00000040.1/          a later save of the same step (a rerun past a rolled-back ``latest``); it
+                                replaces the older one, which is removed once ``latest`` names the new one
       latest                    the name of the newest complete checkpoint ("step-00000040")
       .tmp-step-00000060/       a save in progress; never pointed at, removed on the next start
+      .trash-step-00000020-*/   a checkpoint being deleted; never pointed at, removed on the next start
 
 Every rank writes into the temporary folder (DeepSpeed writes one optimizer shard per rank), all ranks meet at a
-barrier, then rank 0 renames the folder into place and replaces ``latest`` atomically, then prunes old ones.
-A kill at any moment leaves ``latest`` naming a complete checkpoint (or no ``latest`` at all).
+barrier, then rank 0 fsyncs every file and folder of it, renames it to a name no folder has, fsyncs the
+checkpoints folder, replaces ``latest`` atomically, and only then prunes: a folder to delete is first renamed to a
+.trash- name, so that no half-deleted step folder is ever listed as a checkpoint. A kill or a crash at any moment
+leaves ``latest`` naming a complete, durable checkpoint (or no ``latest`` at all), and a new save is never
+discarded in favour of an older one of the same step.
 
 Imports nothing of the training stack: the submission side reads it to refuse a bad resume=RUN_DIR before
 anything is written (jobs/runs.py); the Lightning callback that saves through it is trainer_core/checkpointing.py.
@@ -21,14 +27,16 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
-from trainer_core.durable import write_atomic
+from trainer_core.durable import fsync_dir, fsync_tree, write_atomic
 
-STEP_DIR = re.compile(r"^step-(\d{8})$")
+# step-00000040, or step-00000040.N for the N-th replacement of that step (the highest N is the newest)
+STEP_DIR = re.compile(r"^step-(\d{8})(?:\.(\d+))?$")
 POINTER = "latest"
 META = "meta.json"
 
@@ -74,10 +82,13 @@ class CheckpointMeta:
                 f"it was written by strategy {self.strategy!r}, this run uses {other.strategy!r}; "
                 "resume with the trainer it was written with"
             )
-        if self.strategy == "deepspeed" and self.world_size != other.world_size:
+        if self.world_size != other.world_size:
+            # ZeRO shards are cut per rank; any strategy's data sampler position is counted per rank too (a
+            # resume on another number of ranks would silently move it), until resuming across sizes exists
+            held = "ZeRO shards are" if self.strategy == "deepspeed" else "data sampler position is"
             return (
-                f"its ZeRO shards are for {self.world_size} ranks, this run has {other.world_size}; "
-                "resume with the same nodes x tasks_per_node"
+                f"its {held} for {self.world_size} ranks, this run has {other.world_size}; resume with "
+                f"the same cluster.nodes x cluster.tasks_per_node = {self.world_size} ranks it was written with"
             )
         return None
 
@@ -106,20 +117,34 @@ def model_config(cfg: Any) -> dict[str, Any]:
     return {"task": str(cfg.task.name), "backbone": backbone}
 
 
+def _order(folder: Path) -> tuple[int, int]:
+    """(step, generation) of a step folder's name: the order in which checkpoints were made along a run."""
+    m = STEP_DIR.match(folder.name)
+    if m is None:
+        raise ValueError(f"{folder} is not named as a checkpoint (step-NNNNNNNN or step-NNNNNNNN.N)")
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
 class CheckpointStore:
     def __init__(self, run_dir: os.PathLike | str) -> None:
         self.root = Path(run_dir) / "checkpoints"
 
     def step_dir(self, step: int) -> Path:
+        """The first name a save of `step` gets (a later save of the same step gets a suffix: see commit)."""
         return self.root / f"step-{step:08d}"
 
     def tmp_dir(self, step: int) -> Path:
         return self.root / f".tmp-step-{step:08d}"
 
-    def complete(self) -> list[Path]:
+    def _step_folders(self) -> list[Path]:
+        """Every folder with a step name, complete or not, oldest first."""
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir() if STEP_DIR.match(p.name) and (p / META).exists())
+        return sorted((p for p in self.root.iterdir() if STEP_DIR.match(p.name)), key=_order)
+
+    def complete(self) -> list[Path]:
+        """The complete checkpoints, oldest first (by step, then by generation within a step)."""
+        return [p for p in self._step_folders() if (p / META).exists()]
 
     def latest(self) -> Optional[Path]:
         """The newest complete checkpoint folder, by the ``latest`` pointer; None when the run has none."""
@@ -155,30 +180,60 @@ class CheckpointStore:
     # -- the save protocol; the callers are all ranks, in order --------------------------------------------------
 
     def clear_stale(self) -> None:
-        """Rank 0, at start and before a save: remove temporary folders a killed attempt left behind."""
+        """Rank 0, at start and before a save: remove the temporary folders of a save a killed attempt left
+        behind and the .trash- folders of a pruning it did not finish (none of them is ever pointed at)."""
         if self.root.is_dir():
             for p in self.root.iterdir():
-                if p.name.startswith(".tmp-"):
+                if p.name.startswith((".tmp-", ".trash-")):
                     shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def commit(self, meta: CheckpointMeta, keep_last: int) -> Path:
-        """Rank 0, after every rank has written into tmp_dir: move it into place, point ``latest`` at it, prune.
-        Pruning keeps the newest `keep_last` and never the one ``latest`` names."""
-        tmp, final = self.tmp_dir(meta.step), self.step_dir(meta.step)
-        if (final / META).exists():
-            # The same step, already whole (a rerun that saves the step it resumed from): it stays as it is,
-            # since replacing it would leave a moment where ``latest`` names nothing.
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            write_text_atomic(tmp / META, json.dumps(asdict(meta), indent=1))
-            if final.exists():  # a folder without a record is no checkpoint (never pointed at)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+        """Rank 0, after every rank has written into tmp_dir: make it durable, move it into place under a name
+        no folder has, point ``latest`` at it, prune. Returns the checkpoint's folder.
+
+        An older folder of the same step (from a run whose ``latest`` was rolled back by hand, or a save killed
+        between its rename and the pointer update) is replaced by the new save, never the reverse, and ``latest``
+        names a whole folder at every moment: the new save gets the next free name (step-S.1, step-S.2...) and the
+        older one is pruned once ``latest`` has moved.
+
+        Every file and folder of the save is fsynced here, after the barrier, before the pointer moves. Shards
+        that ranks on other nodes wrote are covered where the shared file system makes a writer's data stable
+        when it closes the file (NFS's close-to-open) or lets this node's fsync flush it."""
+        tmp = self.tmp_dir(meta.step)
+        fsync_tree(tmp)  # the shards, however the strategy wrote them, and their folders
+        # the record last: a folder with meta.json is a complete checkpoint
+        write_text_atomic(tmp / META, json.dumps(asdict(meta), indent=1))
+        final = self._free_name(meta.step)
+        os.rename(tmp, final)
+        fsync_dir(self.root)
         write_text_atomic(self.root / POINTER, final.name + "\n")
-        if keep_last > 0:
-            complete = self.complete()
-            keep = set(complete[-keep_last:]) | {final}
-            for old in complete:
-                if old not in keep:
-                    shutil.rmtree(old, ignore_errors=True)
+        self._prune(final, keep_last)
         return final
+
+    def _free_name(self, step: int) -> Path:
+        same_step = [p for p in self._step_folders() if _order(p)[0] == step]
+        if not same_step:
+            return self.step_dir(step)
+        return self.root / f"step-{step:08d}.{_order(same_step[-1])[1] + 1}"
+
+    def _prune(self, latest: Path, keep_last: int) -> None:
+        """Remove what is no longer part of the run that `latest` ends: older folders of its step (replaced),
+        folders of later steps (a continuation abandoned when ``latest`` was rolled back, or a save whose pointer
+        update was killed), folders without a record, and with keep_last > 0 all but the newest `keep_last`
+        checkpoints. Each goes to a .trash- name first (one fsync for all), then is deleted."""
+        step = _order(latest)[0]
+        earlier = [p for p in self.complete() if _order(p)[0] < step]
+        if keep_last > 0:  # `latest` is one of them
+            earlier = earlier[max(0, len(earlier) - (keep_last - 1)):]
+        keep = {latest, *earlier}
+        doomed = [p for p in self._step_folders() if p not in keep]
+        if not doomed:
+            return
+        trash = []
+        for p in doomed:
+            t = self.root / f".trash-{p.name}-{secrets.token_hex(4)}"
+            os.rename(p, t)
+            trash.append(t)
+        fsync_dir(self.root)
+        for t in trash:
+            shutil.rmtree(t, ignore_errors=True)

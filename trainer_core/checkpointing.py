@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytorch_lightning as pl
 
@@ -78,6 +78,8 @@ class AtomicCheckpoint(pl.Callback):
         self.every_n_steps, self.keep_last, self.save_at_end = every_n_steps, keep_last, save_at_end
         # the step of the newest checkpoint on disk that this attempt knows (the one it resumed from, at first)
         self.last_saved_step = -1
+        # its folder, on rank 0 once this attempt has saved (a re-save of a step may carry a suffix: step-S.1)
+        self.last_saved: Optional[Path] = None
         # why the save deferred to the epoch's end is made ("" when none is due)
         self._due_at_epoch_end = ""
 
@@ -111,10 +113,11 @@ class AtomicCheckpoint(pl.Callback):
     def save_once(self, trainer: pl.Trainer, why: str) -> Path:
         """Save this step unless it is saved already (a periodic save at the same step); returns its folder."""
         if trainer.global_step == self.last_saved_step:
-            return self.store.step_dir(trainer.global_step)
+            return self.last_saved or self.store.step_dir(trainer.global_step)
         return self.save(trainer, why)
 
     def save(self, trainer: pl.Trainer, why: str) -> Path:
+        """Save this step, on every rank together; returns the checkpoint's folder (as rank 0 committed it)."""
         step = trainer.global_step
         strategy = trainer.strategy
         start = time.monotonic()
@@ -131,6 +134,7 @@ class AtomicCheckpoint(pl.Callback):
             final = self.store.commit(dataclasses.replace(self.meta, step=step), self.keep_last)
         strategy.barrier("zerorun_ckpt_committed")
         self.last_saved_step = step
+        self.last_saved = final if strategy.is_global_zero else None
         if strategy.is_global_zero:
             attempts.append(self.store.root.parent, "checkpoint", step=step, why=why, path=str(final),
                             save_s=round(time.monotonic() - start, 3))

@@ -5,7 +5,8 @@
   anything else) put there, and put back at a step boundary if anything replaces it later.
 - After every optimizer step the ranks agree, with one small all-reduce, whether any of them was asked to stop,
   so all stop after the same step, save one checkpoint together, and no rank waits alone in a collective.
-  A stop on an epoch's last batch is saved at the epoch's end (see checkpointing.between_epochs).
+  A stop on an epoch's last batch is saved at the epoch's end (see checkpointing.between_epochs). A stop asked
+  in the last step (or during the final save) is not taken: the run finishes as completed, with its validation.
 - The ranks leave `fit` without the validation Lightning would start on a stop, meet once more (`finish`) and
   exit with the resumable status (trainer_core.contract.EXIT_RESUMABLE). Why the stop came (preemption, time
   limit, scancel) and whether the job goes back into the queue is not the ranks' business: the job script asks
@@ -66,7 +67,16 @@ class StopAtStepBoundary(pl.Callback):
         self._last_step = trainer.global_step
         if stepped and first and trainer.is_global_zero:
             attempts.append(self.run_dir, "first_step", step=trainer.global_step)
-        if not stepped or not self._any_rank_asked(trainer):
+        if not stepped:
+            return
+        if 0 < trainer.max_steps <= trainer.global_step:
+            # The last step (its save may be under way or done): the run finishes as completed, with its final
+            # validation and metrics. Stopping here would exit resumable for a run with nothing left to train,
+            # and the rerun would write metrics without the validation a sweep ranks it by.
+            if self.signals.requested and trainer.is_global_zero:
+                log.warning("zerorun: stop asked in the last step (%d); finishing the run", trainer.global_step)
+            return
+        if not self._any_rank_asked(trainer):
             return
         if on_last_batch(trainer):
             self._deferred_to_epoch_end = True

@@ -7,6 +7,7 @@ CPU Adam) over gloo, so a GPU job's configs can be rehearsed on a laptop or in C
 
 from __future__ import annotations
 
+import datetime
 import logging
 from dataclasses import dataclass
 from typing import Any, Union
@@ -95,6 +96,8 @@ def build_placement(cfg: Any, rendezvous: Rendezvous) -> Placement:
     precision = resolve_precision(trainer_cfg.precision, cuda=cuda)
     devices, num_nodes = rendezvous.tasks_per_node, rendezvous.num_nodes
     env = ZerorunEnvironment(rendezvous)
+    # how long a collective waits for the other ranks (the process group's timeout; configs/validate.py: > 0)
+    timeout = datetime.timedelta(seconds=int(trainer_cfg.collective_timeout_s))
 
     if cuda:
         accelerator = "cuda"
@@ -118,6 +121,7 @@ def build_placement(cfg: Any, rendezvous: Rendezvous) -> Placement:
             parallel_devices=parallel_devices,
             cluster_environment=env,
             process_group_backend="nccl" if cuda else "gloo",
+            timeout=timeout,
             **ddp_kwargs,
         )
     elif s.name == "deepspeed":
@@ -127,6 +131,7 @@ def build_placement(cfg: Any, rendezvous: Rendezvous) -> Placement:
             parallel_devices=parallel_devices,
             cluster_environment=env,
             process_group_backend="nccl" if cuda else "gloo",
+            timeout=timeout,
         )
     else:  # configs/validate.py rejects other names before anything runs
         raise ValueError(f"unknown trainer.strategy.name={s.name!r}")
