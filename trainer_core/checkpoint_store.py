@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Optional
 
+from trainer_core import layout
 from trainer_core.durable import fsync_dir, fsync_tree, write_atomic
 
 # step-00000040, or step-00000040.N for the N-th replacement of that step (the highest N is the newest)
@@ -127,7 +128,7 @@ def _order(folder: Path) -> tuple[int, int]:
 
 class CheckpointStore:
     def __init__(self, run_dir: os.PathLike | str) -> None:
-        self.root = Path(run_dir) / "checkpoints"
+        self.root = Path(run_dir) / layout.CHECKPOINTS
 
     def step_dir(self, step: int) -> Path:
         """The first name a save of `step` gets (a later save of the same step gets a suffix: see commit)."""

@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from trainer_core import attempts
+from trainer_core import attempts, layout
 from trainer_core.signals import StopSignals
 from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config, write_text_atomic
 from trainer_core.contract import Rendezvous, free_port, single_process
@@ -94,7 +94,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     stopped = stopper.outcome is not None
     if trainer.is_global_zero:
         if not stopped:
-            write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=1, sort_keys=True))
+            write_text_atomic(run_dir / layout.METRICS, json.dumps(metrics, indent=1, sort_keys=True))
         attempts.append(run_dir, "end", status="stopped" if stopped else "completed", step=trainer.global_step)
     # the job script on the batch host decides what follows a resumable exit (requeue, or why not)
     stop = stopper.finish()
@@ -158,9 +158,8 @@ def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str,
         "weights_sha256": digest.hexdigest(),
         "signal_handlers": signal_handlers,
     }
-    out = run_dir / "ranks"
-    out.mkdir(exist_ok=True)
-    write_text_atomic(out / f"rank-{rendezvous.rank}.json", json.dumps(report, indent=1, sort_keys=True))
+    (run_dir / layout.RANK_REPORTS).mkdir(exist_ok=True)
+    write_text_atomic(run_dir / layout.rank_report(rendezvous.rank), json.dumps(report, indent=1, sort_keys=True))
 
 
 def _model_signature(model: torch.nn.Module) -> str:
