@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) == 2 and argv[0] == "--array":
         # a sweep member: the array task id picks its run folder from the sweep's index file
-        from jobs.sweep import SweepIndexError, member_run_dir
+        from cluster.sweep_plan import SweepIndexError, member_run_dir
 
         try:
             run_dir = member_run_dir(argv[1], os.environ)

@@ -27,8 +27,9 @@ import pytest
 
 from cluster import slurm
 from conftest import REPO, wait_until
-from jobs import sweep as sweeps
-from jobs import sweep_record
+from jobs.sweeps import record as sweep_record
+from jobs.sweeps import submit
+from jobs.sweeps.refresh import refresh
 
 pytestmark = pytest.mark.slurm
 
@@ -56,7 +57,7 @@ def sweep_dir_of(runs: Path) -> Path:
 
 def refreshed(sweep_dir: Path) -> sweep_record.SweepRecord:
     record = sweep_record.load(sweep_dir)
-    sweeps.refresh(record)
+    refresh(record)
     return record
 
 
@@ -228,7 +229,7 @@ def test_resubmit_failed_runs_just_the_failed_and_cancelled_members_and_they_res
 
 def held_sweep(runs: Path, sweep_id: str, crash: str | None, *more: str) -> subprocess.CompletedProcess:
     """A 2-member sweep whose array is held (it never runs: these tests count jobs, not results)."""
-    env = {sweep_record.CRASH_ENV: crash} if crash else {}
+    env = {submit.CRASH_ENV: crash} if crash else {}
     return zerorun("-m", *NODES2, *TINY, f"cluster.runs_dir={runs}", f"sweep.id={sweep_id}",
                    "+cluster.sbatch_extra.hold=true", "trainer.max_steps=5", "seed=1,2", *more, env=env)
 
@@ -239,7 +240,7 @@ def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_me
     runs = tmp_path / "runs"
     sweep_id = f"crash-{moment}-{os.getpid()}"
     crashed = held_sweep(runs, sweep_id, moment)
-    assert crashed.returncode == sweep_record.CRASH_EXIT, crashed.stderr
+    assert crashed.returncode == submit.CRASH_EXIT, crashed.stderr
     sweep_dir = sweep_dir_of(runs)
     record = sweep_record.load(sweep_dir)
     sub = record.submissions[0]

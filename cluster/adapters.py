@@ -1,0 +1,73 @@
+"""Every private API of Hydra and OmegaConf that zerorun relies on, in one place, each behind a small function
+that says what it is used for. tests/test_adapters.py pins the behaviour each one must keep, so a library
+upgrade that changes it fails a test here instead of a user's sweep.
+
+Why private at all: the sweeper must write member override lines exactly as Hydra's own grid expansion writes
+them (members are matched by those lines, never re-parsed), and building a member without composing a config
+per member means setting a value through the schema's own node (what OmegaConf.update does, minus the walk).
+
+Not here yet: cluster/render.py calls submitit's `_make_sbatch_string` (the batch script, and the array line
+from `map_count`/`array_parallelism`); tests/test_render.py's golden scripts pin that one.
+
+Each function imports its library when called: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+
+def grid(overrides: Sequence[Any]) -> list[list[str]]:
+    """Every member's override lines, the cartesian product of the parsed sweep overrides, in Hydra's basic
+    sweeper's order (last key fastest) and spelling. Private: BasicSweeper.split_arguments."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    batches = BasicSweeper.split_arguments(list(overrides), None)
+    return [list(m) for m in batches[0]] if batches else []
+
+
+def value_text(value: Any) -> str:
+    """One value of a sweep as the grid's override lines spell it (`KEY=<this>`). Private:
+    Override._get_value_element_as_str."""
+    from hydra.core.override_parser.types import Override
+
+    return Override._get_value_element_as_str(value)
+
+
+def plain_value(value: Any) -> Any:
+    """One parsed value as a plain Python value (a quoted string unquoted, lists and dicts converted). Private:
+    Override._convert_value."""
+    from hydra.core.override_parser.types import Override
+
+    return Override._convert_value(value)
+
+
+def leaf_setter(cfg: Any, key: str) -> Optional[Callable[[Any], Any]]:
+    """A function that validates and converts a value for the leaf at dotted `key` as its node's declared type
+    does (raising OmegaConf's ValidationError for a value that does not fit), and returns the converted value;
+    it writes only into `cfg`'s own node (give it a copy). None when `key` is not an existing leaf value node.
+    Private: BaseContainer._get_node, ValueNode._set_value and _value."""
+    from omegaconf import DictConfig, OmegaConf, ValueNode
+
+    parent_path, _, leaf = key.rpartition(".")
+    try:
+        parent = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+        node = parent._get_node(leaf) if isinstance(parent, DictConfig) else None
+    except Exception:  # a missing parent: the caller's slow path says why
+        return None
+    if not isinstance(node, ValueNode):
+        return None
+
+    def set_value(value: Any) -> Any:
+        node._set_value(value)
+        return node._value()
+
+    return set_value
+
+
+def yaml_quotes(text: str) -> bool:
+    """Does OmegaConf.to_yaml quote this string (it would read back as a bool, int or float)? Private:
+    omegaconf._utils.yaml_is_bool, is_int, is_float."""
+    from omegaconf._utils import is_float, is_int, yaml_is_bool
+
+    return bool(yaml_is_bool(text) or is_int(text) or is_float(text))
