@@ -246,6 +246,25 @@ def test_dry_run_writes_the_array_script_and_member_table_and_submits_nothing(tm
         "a dry run writes no record and no member folders"
 
 
+def modes(root: Path) -> dict[str, str]:
+    """path relative to root -> its permission bits, for root and everything below it."""
+    return {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("backend", [CPU_SLURM, ("cluster=local",)])
+def test_a_dry_runs_folders_are_owner_only_as_a_run_folder(tmp_path, backend):
+    built = build(tmp_path / "runs", *backend, "seed=1,2", "dry_run=true")
+    out, err = io.StringIO(), io.StringIO()
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
+    sweep_dir = Path(built.sweep_dir)
+    found = modes(sweep_dir)
+    folders = {k: v for k, v in found.items() if (sweep_dir / k).is_dir()}
+    assert set(folders.values()) == {"0o700"}, folders
+    files = {k: v for k, v in found.items() if (sweep_dir / k).is_file()}
+    assert files and set(files.values()) == {"0o600"}, files
+    assert not [k for k in found if ".tmp" in k], "written atomically: no temporary file left behind"
+
+
 def test_hostile_folder_names_reach_the_array_task_exactly(tmp_path):
     import shlex
 
@@ -300,7 +319,7 @@ def test_record_round_trip_and_submission_bookkeeping(tmp_path):
     assert third.job_of(third.members[3]) == "77_3" and not third.pending()
     assert third.members[1].overrides == ["optimizer.lr=0.001", "seed=2"]
     assert third.members[1].params == {"optimizer.lr": 0.001, "seed": 2}
-    assert not list(Path(built.sweep_dir).glob(".sweep.json.tmp*")), "the record is replaced atomically"
+    assert not list(Path(built.sweep_dir).glob(".sweep.json.*")), "the record is replaced atomically"
 
 
 def test_the_rank_finds_its_member_from_the_array_task_id(tmp_path):

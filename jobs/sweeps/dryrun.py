@@ -1,6 +1,7 @@
 """`zerorun -m ... dry_run=true`: write the array scripts, index files, member table and member 0's config into
 SWEEP_DIR/dry-run and print them; run the preflight and `sbatch --test-only`; submit nothing and write no
-record and no member folder (the real submission starts from scratch).
+record and no member folder (the real submission starts from scratch). The folders are owner-only, as a run
+folder is: the config may name private paths.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from jobs.sweeps import plan
-from jobs.sweeps.plan import MEMBERS_TABLE, print_table, report_problems, write_files
+from jobs.sweeps.plan import MEMBERS_TABLE, make_private, print_table, report_problems, write_files
 
 DRY_RUN_DIR = "dry-run"
 MEMBER_CONFIG = "config-member-0.yaml"
@@ -27,6 +28,7 @@ def dry_run(built: Any, out: TextIO, err: TextIO, *, facts: Any = None, limits: 
     table = plan.member_rows(built, splan)
     files[MEMBERS_TABLE] = table
     files[MEMBER_CONFIG] = built.members[0].yaml
+    make_private(built.sweep_dir)
     write_files(files_dir, files)
     out.write(f"zerorun dry run: nothing is submitted. {len(built.members)} members, sweep folder "
               f"{built.sweep_dir}, files in {files_dir}\n")
@@ -56,6 +58,7 @@ def _local(built: Any, files_dir: str, out: TextIO, err: TextIO) -> int:
     if problems:
         return report_problems(problems, err, "the sweep cannot run")
     table = member_table([(m.num, "local", " ".join(m.overrides)) for m in built.members])
+    make_private(built.sweep_dir)
     write_files(files_dir, {MEMBERS_TABLE: table, MEMBER_CONFIG: built.members[0].yaml})
     out.write(f"zerorun dry run: nothing runs. {len(built.members)} members, sweep folder {built.sweep_dir}, files "
               f"in {files_dir}\ncluster=local: the members would run here, {built.parallelism} at a time, each as "

@@ -3,7 +3,7 @@
 `plan_arrays` asks the cluster (sinfo, `scontrol show config`) unless its facts are handed in, runs the
 preflight on the members' plans, splits the members into arrays under MaxArraySize (cluster/sweep_plan.py, pure)
 and renders each array's batch script and index file; nothing of a sweep with problems is written. The dry run,
-a new sweep and a resubmission all plan here.
+a new sweep and a resubmission all plan here and write through `write_files`.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, TextIO
+
+from trainer_core.durable import write_atomic
 
 MEMBERS_TABLE = "members.txt"
 # print at most this many members of a table (members.txt has all)
@@ -99,13 +101,24 @@ def texts(built: Any) -> dict[str, str]:
     return {"config": built.members[0].yaml, "overrides": "\n".join(" ".join(m.overrides) for m in built.members)}
 
 
+def make_private(folder: str | os.PathLike) -> Path:
+    """Create a folder of the sweep (and its parents), readable by its owner only, as a run folder is."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def write_files(root: str | os.PathLike, files: Mapping[str, str]) -> None:
+    """Write each file under `root` atomically, owner-only (folders 0700, files 0600, as in a run folder)."""
+    made = {Path(root)}
+    make_private(root)
     for rel, text in files.items():
         path = Path(root) / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        for folder in reversed(path.relative_to(root).parents[:-1]):
+            if (Path(root) / folder) not in made:
+                made.add(make_private(Path(root) / folder))
+        write_atomic(path, text)
 
 
 def member_rows(record_or_built: Any, splan: Any) -> str:

@@ -10,8 +10,8 @@ Why it cannot double-submit: a submission is recorded as "submitting", with a ta
 job name, before sbatch is called; it becomes "submitted" with the array job id after. A submitter that died in
 between leaves "submitting" behind; the next one asks Slurm (squeue, then sacct) for a job of that name before
 calling sbatch again, and adopts it when it exists. Every read-modify-write of the record holds an exclusive
-lock (SWEEP_DIR/.sweep.lock), so two submitters of the same sweep take turns. The file is replaced atomically
-(written beside it, fsynced, renamed): a kill leaves the old record or the new one. The protocol's Slurm side is in submit.py (sbatch) and refresh.py (finding
+lock (SWEEP_DIR/.sweep.lock), so two submitters of the same sweep take turns. The file is replaced atomically (trainer_core.durable): a kill
+leaves the old record or the new one. The protocol's Slurm side is in submit.py (sbatch) and refresh.py (finding
 an array by its job name).
 
 Imports nothing of the training stack.
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
+from trainer_core.durable import write_atomic
 
 RECORD_NAME = "sweep.json"
 LOCK_NAME = ".sweep.lock"
@@ -181,24 +182,11 @@ def load(sweep_dir: str | os.PathLike) -> SweepRecord:
 
 
 def save(record: SweepRecord) -> Path:
-    """Replace the record atomically and durably (fsync of the file, then of the folder)."""
+    """Replace the record atomically and durably. Call with the lock held."""
     data = {f.name: getattr(record, f.name) for f in fields(record)}
     data["members"] = [vars(m) for m in record.members]
     data["submissions"] = [vars(s) for s in record.submissions]
-    p = path(record.sweep_dir)
-    tmp = p.with_name(f".{RECORD_NAME}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=0, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    dir_fd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return p
+    return write_atomic(path(record.sweep_dir), json.dumps(data, indent=0, ensure_ascii=False) + "\n")
 
 
 def add_submission(record: SweepRecord, arrays: list[tuple[str, str, str, str, list[int]]]) -> list[Submission]:

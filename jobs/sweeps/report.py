@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from jobs.sweeps.record import Member, SweepRecord
+from trainer_core.durable import write_atomic
 
 REPORT_PNG = "report.png"
 REPORT_JSON = "report.json"
@@ -66,6 +67,9 @@ def _axis(values: list[Any]) -> tuple[list[float], Optional[list[str]], bool]:
 
 
 def write_png(data: dict[str, Any], path: Path) -> None:
+    """Draw the report and write it atomically (raises ImportError without matplotlib)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,5 +108,7 @@ def write_png(data: dict[str, Any], path: Path) -> None:
         extra.axis("off")
     fig.suptitle(f"sweep {Path(data['sweep_dir']).name}: {data['metric']} ({data['mode']} is best)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    write_atomic(path, png.getvalue())

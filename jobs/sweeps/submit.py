@@ -1,7 +1,7 @@
 """Running a built sweep: a dry run, a new sweep (member folders, record, job arrays), the same sweep again, and
 resubmitting the failed members.
 
-Layout of a sweep folder (runs_dir/NAME/sweep-ID):
+Layout of a sweep folder (runs_dir/NAME/sweep-ID; owner-only, as a run folder):
 
     sweep.json              the record (record.py)
     members.txt             member, array/task, overrides: one line each
@@ -26,10 +26,11 @@ from typing import Any, TextIO
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps.dryrun import dry_run
 from jobs.sweeps.local import local_problems, run_local
-from jobs.sweeps.plan import MEMBERS_TABLE, Planned, member_rows, plan_arrays, plan_built, report_problems, \
-    write_files
+from jobs.sweeps.plan import MEMBERS_TABLE, Planned, make_private, member_rows, plan_arrays, plan_built, \
+    report_problems, write_files
 from jobs.sweeps.record import SweepRecord
 from jobs.sweeps.refresh import adopt_queued, refresh
+from trainer_core.durable import write_atomic
 
 RESUBMIT_CHOICES = ("none", "failed")
 MODES = ("min", "max")
@@ -78,16 +79,15 @@ def _start(built: Any) -> SweepRecord:
     """Write the sweep folder and every member's run folder and config.yaml; the record (members PLANNED), not
     yet saved."""
     from cluster import render
-    from jobs.runs import prepare
 
-    (prepare(built.sweep_dir) / render.LOG_DIR).mkdir(mode=0o700, exist_ok=True)
+    make_private(built.sweep_dir)
+    make_private(os.path.join(built.sweep_dir, render.LOG_DIR))
     for m in built.members:
         try:
             os.mkdir(m.run_dir, 0o700)
         except FileExistsError:
             pass
-        with open(f"{m.run_dir}/config.yaml", "w") as f:
-            f.write(m.yaml)
+        write_atomic(f"{m.run_dir}/config.yaml", m.yaml)
     return SweepRecord(
         sweep_id=built.sweep_id, sweep_dir=built.sweep_dir, name=built.name, backend=built.backend,
         command=list(_command()), overrides=list(built.overrides), params=list(built.params),

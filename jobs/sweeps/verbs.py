@@ -25,6 +25,7 @@ from jobs.sweeps import report as report_
 from jobs.sweeps.record import RecordError, SweepRecord
 from jobs.sweeps.refresh import refresh
 from jobs.sweeps.submit import resubmit_failed, submit_pending
+from trainer_core.durable import write_atomic
 
 STATUS_COLUMNS = ("MEMBER", "OVERRIDES", "STATE", "STEP", "ATTEMPTS", "METRIC", "JOB", "DETAIL")
 
@@ -173,7 +174,7 @@ def report(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     data["png"] = str(png)
     data["best"] = [{"member": m.num, "overrides": m.overrides, "metric": v}
                     for v, m in report_.best(record, metric, record.mode, args.top)]
-    (Path(args.sweep_dir) / report_.REPORT_JSON).write_text(json.dumps(data, indent=1) + "\n")
+    write_atomic(Path(args.sweep_dir) / report_.REPORT_JSON, json.dumps(data, indent=1) + "\n")
     try:
         report_.write_png(data, png)
     except ImportError:
