@@ -15,6 +15,7 @@ member here may be requeued by it as well.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -270,6 +271,47 @@ def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_me
         record = wait_until("both members cancelled", lambda: (r := refreshed(sweep_dir)) and
                           all(m.state == "CANCELLED" for m in r.members) and r, timeout=30)
         assert [m.state for m in record.members] == ["CANCELLED", "CANCELLED"]
+    finally:
+        for job in my_jobs_named(sub.job_name):
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+def crashed_after_sbatch(runs: Path, sweep_id: str) -> tuple[Path, sweep_record.Submission, str]:
+    """A held sweep whose submitter died after sbatch: the record says "submitting", Slurm holds the array."""
+    crashed = held_sweep(runs, sweep_id, "after-sbatch")
+    assert crashed.returncode == submit.CRASH_EXIT, crashed.stderr
+    sweep_dir = sweep_dir_of(runs)
+    sub = sweep_record.load(sweep_dir).submissions[0]
+    queued = my_jobs_named(sub.job_name)
+    assert sub.state == sweep_record.SUBMITTING and len(queued) == 1
+    return sweep_dir, sub, queued[0]
+
+
+def test_status_never_undoes_a_job_id_a_concurrent_submitter_recorded(slurm_cluster, tmp_path, monkeypatch):
+    """status reads the record (the array "submitting"), and while it asks Slurm, the same command run again
+    adopts the array and records its id; what status then saves must keep that id."""
+    from jobs.sweeps import verbs
+
+    runs = tmp_path / "runs"
+    sweep_id = f"status-race-{os.getpid()}"
+    sweep_dir, sub, array_job = crashed_after_sbatch(runs, sweep_id)
+    real_query = slurm.query_tasks
+    others: list[subprocess.CompletedProcess] = []
+
+    def query_while_another_submits(tasks):  # type: ignore[no-untyped-def]
+        found = real_query(tasks)
+        if not others:
+            others.append(held_sweep(runs, sweep_id, None))
+        return found
+
+    monkeypatch.setattr(slurm, "query_tasks", query_while_another_submits)
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        assert verbs.status([str(sweep_dir)], out, err) == 0, err.getvalue()
+        assert others and others[0].returncode == 0 and "adopted" in others[0].stderr, others
+        record = sweep_record.load(sweep_dir)
+        assert record.submissions[0].array_job_id == array_job, "status saved an older record over the submitter's"
+        assert record.submissions[0].state == sweep_record.SUBMITTED
     finally:
         for job in my_jobs_named(sub.job_name):
             subprocess.run(["scancel", job], capture_output=True, timeout=30)

@@ -10,7 +10,9 @@ Why it cannot double-submit: a submission is recorded as "submitting", with a ta
 job name, before sbatch is called; it becomes "submitted" with the array job id after. A submitter that died in
 between leaves "submitting" behind; the next one asks Slurm (squeue, then sacct) for a job of that name before
 calling sbatch again, and adopts it when it exists. Every read-modify-write of the record holds an exclusive
-lock (SWEEP_DIR/.sweep.lock), so two submitters of the same sweep take turns. The file is replaced atomically (trainer_core.durable): a kill
+lock (SWEEP_DIR/.sweep.lock), so two submitters of the same sweep take turns; a reader that cannot wait
+(`zerorun status` beside a local sweep that holds the lock while it runs) merges what it saw into the record
+as it is on disk under the lock, or saves nothing. The file is replaced atomically (trainer_core.durable): a kill
 leaves the old record or the new one. The protocol's Slurm side is in submit.py (sbatch) and refresh.py (finding
 an array by its job name).
 

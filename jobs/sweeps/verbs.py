@@ -8,7 +8,8 @@ cancel    scancel every array of the sweep that still has members queued or runn
 report    SWEEP_DIR/report.png (the metric against each swept key; every member's loss curve) and report.json
           (the points and curves behind it), and the best members
 
-The verbs refresh the record's cached states when its lock is free (a local sweep holds it while it runs).
+status, report and cancel ask Slurm without the lock and save what they saw into the record as it is under the
+lock, when the lock is free (a local sweep holds it while it runs); resubmit holds the lock throughout.
 Nothing here imports the training stack; matplotlib only in `report`.
 """
 
@@ -23,7 +24,7 @@ from typing import Any, Optional, TextIO
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps import report as report_
 from jobs.sweeps.record import RecordError, SweepRecord
-from jobs.sweeps.refresh import refresh
+from jobs.sweeps.refresh import apply, observe
 from jobs.sweeps.submit import resubmit_failed, submit_pending
 from trainer_core.durable import write_atomic
 
@@ -43,17 +44,20 @@ def _load(target: str, err: TextIO) -> Optional[SweepRecord]:
 
 
 def refreshed(target: str, err: TextIO) -> Optional[SweepRecord]:
-    """The record with fresh states; saved back when the lock is free."""
+    """The record with fresh states. Slurm is asked without the lock; what it said is saved into the record as
+    it is on disk under the lock (when the lock is free now), so a submitter's newer job ids are never undone."""
     record = _load(target, err)
     if record is None:
         return None
-    refresh(record)
+    seen = observe(record)
     with sweep_record.try_locked(target) as got:
         if got:
-            # merge into what is on disk now: another writer may have added a submission since we read
-            current = sweep_record.load(target)
-            if len(current.submissions) == len(record.submissions):
-                sweep_record.save(record)
+            current = _load(target, err)
+            if current is not None:
+                apply(current, seen)
+                sweep_record.save(current)
+                return current
+    apply(record, seen)
     return record
 
 
