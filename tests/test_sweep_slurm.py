@@ -276,6 +276,11 @@ def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_me
             subprocess.run(["scancel", job], capture_output=True, timeout=30)
 
 
+def live_tasks(array_job: str) -> list[str]:
+    return subprocess.run(["squeue", "-h", "-r", "-j", array_job, "-t", "PENDING,RUNNING,SUSPENDED,REQUEUED",
+                           "-o", "%i"], capture_output=True, text=True, timeout=30).stdout.split()
+
+
 def crashed_after_sbatch(runs: Path, sweep_id: str) -> tuple[Path, sweep_record.Submission, str]:
     """A held sweep whose submitter died after sbatch: the record says "submitting", Slurm holds the array."""
     crashed = held_sweep(runs, sweep_id, "after-sbatch")
@@ -285,6 +290,22 @@ def crashed_after_sbatch(runs: Path, sweep_id: str) -> tuple[Path, sweep_record.
     queued = my_jobs_named(sub.job_name)
     assert sub.state == sweep_record.SUBMITTING and len(queued) == 1
     return sweep_dir, sub, queued[0]
+
+
+def test_cancel_finds_and_cancels_an_array_the_record_still_calls_submitting(slurm_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    sweep_dir, sub, array_job = crashed_after_sbatch(runs, f"cancel-submitting-{os.getpid()}")
+    try:
+        proc = zerorun("cancel", str(sweep_dir))
+        assert proc.returncode == 0, proc.stderr
+        assert f"cancel requested for array {array_job}" in proc.stdout, proc.stdout
+        assert "adopted" in proc.stderr
+        record = sweep_record.load(sweep_dir)
+        assert record.submissions[0].array_job_id == array_job and not record.pending()
+        wait_until("the array to leave the queue", lambda: not live_tasks(array_job), timeout=30)
+    finally:
+        for job in my_jobs_named(sub.job_name):
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
 
 
 def test_status_never_undoes_a_job_id_a_concurrent_submitter_recorded(slurm_cluster, tmp_path, monkeypatch):

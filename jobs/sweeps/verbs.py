@@ -4,12 +4,13 @@ status    one row per member: overrides, state (squeue/sacct/scontrol: PENDING .
           PREEMPTED, CANCELLED), step, attempts, the sweep's metric, its array task, why it failed
 resubmit  --failed: the members that failed, timed out for good or were cancelled, as a new array; each
           resumes from the checkpoints in its own run folder
-cancel    scancel every array of the sweep that still has members queued or running
+cancel    scancel every array of the sweep that still has members queued or running, including one the record
+          still calls "submitting" that Slurm in fact holds (found by its job name)
 report    SWEEP_DIR/report.png (the metric against each swept key; every member's loss curve) and report.json
           (the points and curves behind it), and the best members
 
-status, report and cancel ask Slurm without the lock and save what they saw into the record as it is under the
-lock, when the lock is free (a local sweep holds it while it runs); resubmit holds the lock throughout.
+status and report ask Slurm without the lock and save what they saw into the record as it is under the lock,
+when the lock is free (a local sweep holds it while it runs); resubmit and cancel hold the lock throughout.
 Nothing here imports the training stack; matplotlib only in `report`.
 """
 
@@ -24,7 +25,7 @@ from typing import Any, Optional, TextIO
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps import report as report_
 from jobs.sweeps.record import RecordError, SweepRecord
-from jobs.sweeps.refresh import apply, observe
+from jobs.sweeps.refresh import adopt_queued, apply, observe, refresh
 from jobs.sweeps.submit import resubmit_failed, submit_pending
 from trainer_core.durable import write_atomic
 
@@ -131,12 +132,31 @@ def cancel(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     p = argparse.ArgumentParser(prog="zerorun cancel", description="Cancel every queued or running member of a sweep.")
     p.add_argument("sweep_dir", help="the sweep folder")
     args = p.parse_args(argv)
-    record = refreshed(args.sweep_dir, err)
+    record = _load(args.sweep_dir, err)
     if record is None:
         return 1
     if record.backend == "local":
         err.write("zerorun: a cluster=local sweep runs in its own terminal; stop it there with Ctrl-C\n")
         return 1
+    from cluster.slurm import SlurmError, scancel
+
+    rc = 0
+    # under the lock no submitter is between sbatch and recording its answer: an array still "submitting" is
+    # either in Slurm under its job name (adopted here, then cancelled) or was never queued
+    with sweep_record.locked(args.sweep_dir):
+        record = _load(args.sweep_dir, err)
+        if record is None:
+            return 1
+        try:
+            never = adopt_queued(record, err)
+        except SlurmError as e:
+            err.write(f"zerorun: {e}\n")
+            never, rc = [], 1
+        refresh(record)
+        sweep_record.save(record)
+    for sub in never:
+        out.write(f"zerorun: array {sub.tag} was never queued (its submitter stopped before sbatch); nothing to "
+                  "cancel there\n")
     live: dict[str, list[int]] = {}
     for m in record.members:
         job = record.job_of(m)
@@ -144,11 +164,8 @@ def cancel(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
             live.setdefault(job.split("_")[0], []).append(m.num)
     if not live:
         out.write(f"zerorun: no member of {args.sweep_dir} is queued or running; nothing to cancel\n")
-        return 0
-    from cluster.slurm import SlurmError, scancel
-
-    rc = 0
-    for array_job, nums in sorted(live.items()):
+        return rc
+    for array_job, nums in sorted(live.items(), key=lambda kv: int(kv[0])):
         try:
             scancel(array_job)
             out.write(f"zerorun: cancel requested for array {array_job} (members {', '.join(map(str, nums))})\n")
