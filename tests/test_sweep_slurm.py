@@ -30,7 +30,6 @@ from cluster import slurm
 from conftest import REPO, wait_until
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps import submit
-from jobs.sweeps.refresh import refresh
 
 pytestmark = pytest.mark.slurm
 
@@ -57,14 +56,19 @@ def sweep_dir_of(runs: Path) -> Path:
 
 
 def refreshed(sweep_dir: Path) -> sweep_record.SweepRecord:
-    record = sweep_record.load(sweep_dir)
-    refresh(record)
+    """The record with fresh states, saved as `zerorun status` saves it (so the tests reading sweep.json see them,
+    whichever of them runs alone)."""
+    from jobs.sweeps.verbs import refreshed as status_refresh
+
+    record = status_refresh(str(sweep_dir), sys.stderr)
+    assert record is not None
     return record
 
 
-def started(run_dir: Path) -> bool:
+def stepped(run_dir: Path) -> bool:
+    """Has the member taken its first optimizer step? Stopped before it, a member has no checkpoint to resume."""
     events = run_dir / "attempts.jsonl"
-    return events.exists() and '"event": "start"' in events.read_text()
+    return events.exists() and '"event": "first_step"' in events.read_text()
 
 
 def wait_all_final(sweep_dir: Path, members: list[int] | None = None, timeout: float = 300) -> sweep_record.SweepRecord:
@@ -110,7 +114,7 @@ def grid(slurm_cluster, tmp_path_factory):
     try:
         # preempt member 3 while it trains: a job in the high partition that takes both nodes whole
         run3 = sweep_dir / str(PREEMPTED)
-        wait_until("member 3 to start training", lambda: started(run3), timeout=240)
+        wait_until("member 3 to take a step", lambda: stepped(run3), timeout=240)
         high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "--mem=100M",
                                "-t", "2", "-J", "zr-sweep-test-preemptor", "-o", "/dev/null", "--wrap", "sleep 4"],
                               capture_output=True, text=True, timeout=30)
@@ -118,7 +122,7 @@ def grid(slurm_cluster, tmp_path_factory):
         mine.append(high.stdout.strip().split(";")[0])
         # cancel member 5 while it trains: CANCELLED, with the checkpoint of its stop
         run5 = sweep_dir / str(CANCELLED)
-        wait_until("member 5 to start training", lambda: started(run5), timeout=240)
+        wait_until("member 5 to take a step", lambda: stepped(run5), timeout=240)
         job5 = at_return.job_of(at_return.members[CANCELLED])
         subprocess.run(["scancel", job5], check=True, timeout=30)
         final = wait_all_final(sweep_dir)
