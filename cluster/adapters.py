@@ -65,9 +65,12 @@ def leaf_setter(cfg: Any, key: str) -> Optional[Callable[[Any], Any]]:
     return set_value
 
 
-def yaml_quotes(text: str) -> bool:
-    """Does OmegaConf.to_yaml quote this string (it would read back as a bool, int or float)? Private:
-    omegaconf._utils.yaml_is_bool, is_int, is_float."""
+def yaml_quoter() -> Callable[[str], bool]:
+    """A function that says whether OmegaConf.to_yaml quotes a string (it would read back as a bool, int or
+    float); get it once, call it per string. Private: omegaconf._utils.yaml_is_bool, is_int, is_float."""
     from omegaconf._utils import is_float, is_int, yaml_is_bool
 
-    return bool(yaml_is_bool(text) or is_int(text) or is_float(text))
+    def quotes(text: str) -> bool:
+        return bool(yaml_is_bool(text) or is_int(text) or is_float(text))
+
+    return quotes

@@ -71,4 +71,5 @@ def test_config_yaml_quotes_strings_as_omegaconf_does(text):
     from jobs.sweeps.members import _section
 
     assert _section("k", text) == OmegaConf.to_yaml(OmegaConf.create({"k": text})), text
-    assert adapters.yaml_quotes("true") and adapters.yaml_quotes("1e-4") and not adapters.yaml_quotes("x")
+    quotes = adapters.yaml_quoter()
+    assert quotes("true") and quotes("1e-4") and not quotes("x")

@@ -292,8 +292,10 @@ def _dumper() -> type:
     class Dumper(base):  # type: ignore[misc, valid-type]
         pass
 
+    quotes = adapters.yaml_quoter()
+
     def represent_str(dumper: Any, data: str) -> Any:
-        quoted = adapters.yaml_quotes(data)
+        quoted = quotes(data)
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'" if quoted else None)
 
     Dumper.add_representer(str, represent_str)

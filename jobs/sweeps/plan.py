@@ -11,14 +11,18 @@ from __future__ import annotations
 import dataclasses
 import os
 import secrets
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, TextIO
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TextIO
 
 from trainer_core.durable import write_atomic
 
 MEMBERS_TABLE = "members.txt"
 # print at most this many members of a table (members.txt has all)
 PRINT_HEAD, PRINT_TAIL = 16, 4
+# Files are written this many at a time: each is fsynced (with its folder), and the time goes to waiting on the
+# disk, not the CPU (1000 member configs: ~12 s one by one on a busy virtual disk, under 1 s in 8 threads).
+WRITERS = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,15 +114,21 @@ def make_private(folder: str | os.PathLike) -> Path:
 
 
 def write_files(root: str | os.PathLike, files: Mapping[str, str]) -> None:
-    """Write each file under `root` atomically, owner-only (folders 0700, files 0600, as in a run folder)."""
+    """Write each file under `root` atomically, owner-only (folders 0700, files 0600, as in a run folder),
+    WRITERS at a time."""
     made = {Path(root)}
     make_private(root)
-    for rel, text in files.items():
-        path = Path(root) / rel
-        for folder in reversed(path.relative_to(root).parents[:-1]):
+    for rel in files:
+        for folder in reversed(Path(rel).parents[:-1]):
             if (Path(root) / folder) not in made:
                 made.add(make_private(Path(root) / folder))
-        write_atomic(path, text)
+    in_parallel(lambda item: write_atomic(Path(root) / item[0], item[1]), files.items())
+
+
+def in_parallel(write: Callable[[Any], Any], items: Iterable[Any]) -> None:
+    """write(item) for every item, WRITERS at a time; the first error is raised."""
+    with ThreadPoolExecutor(WRITERS) as pool:
+        list(pool.map(write, items))
 
 
 def member_rows(record_or_built: Any, splan: Any) -> str:

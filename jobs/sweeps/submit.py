@@ -26,8 +26,8 @@ from typing import Any, TextIO
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps.dryrun import dry_run
 from jobs.sweeps.local import local_problems, run_local
-from jobs.sweeps.plan import MEMBERS_TABLE, Planned, make_private, member_rows, plan_arrays, plan_built, \
-    report_problems, write_files
+from jobs.sweeps.plan import MEMBERS_TABLE, Planned, in_parallel, make_private, member_rows, plan_arrays, \
+    plan_built, report_problems, write_files
 from jobs.sweeps.record import SweepRecord
 from jobs.sweeps.refresh import adopt_queued, refresh
 from trainer_core.durable import write_atomic
@@ -82,12 +82,7 @@ def _start(built: Any) -> SweepRecord:
 
     make_private(built.sweep_dir)
     make_private(os.path.join(built.sweep_dir, render.LOG_DIR))
-    for m in built.members:
-        try:
-            os.mkdir(m.run_dir, 0o700)
-        except FileExistsError:
-            pass
-        write_atomic(f"{m.run_dir}/config.yaml", m.yaml)
+    in_parallel(_write_member, built.members)
     return SweepRecord(
         sweep_id=built.sweep_id, sweep_dir=built.sweep_dir, name=built.name, backend=built.backend,
         command=list(_command()), overrides=list(built.overrides), params=list(built.params),
@@ -96,6 +91,14 @@ def _start(built: Any) -> SweepRecord:
                  for m in built.members],
         workdir=os.getcwd(), python=sys.executable,
     )
+
+
+def _write_member(m: Any) -> None:
+    try:
+        os.mkdir(m.run_dir, 0o700)
+    except FileExistsError:
+        pass
+    write_atomic(f"{m.run_dir}/config.yaml", m.yaml)
 
 
 def _command() -> tuple[str, ...]:
