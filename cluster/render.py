@@ -1,7 +1,7 @@
 """Rendering: a JobPlan in, the exact text that would run out. Pure and deterministic (no clock, no argv, no
 environment read): the same plan and context give the same bytes, so scripts compare whole against golden files.
 
-- `sbatch_script`: the Slurm batch script, from submitit's own renderer (through cluster/submitit_adapter.py): one allocation
+- `sbatch_script`: the Slurm batch script, from submitit's own renderer (through cluster/adapters.py): one allocation
   of nodes x tasks_per_node, srun starting every rank with the plan's entry command.
 - `rank_table`: who is who in the job (host, RANK, LOCAL_RANK, ...), derived through the same rendezvous
   function the ranks use, from the variables Slurm (or the local backend) will set.
@@ -27,7 +27,7 @@ from typing import Any, Optional
 from cluster import quoting, table
 from cluster.plan import HOST_ENTRY, RANK_ENTRY, JobPlan
 from cluster.rendezvous import SLURM_ENV, derive
-from cluster.submitit_adapter import sbatch_text
+from cluster.adapters import sbatch_text
 from trainer_core import layout
 
 SCRIPT_NAME = "job.sbatch"

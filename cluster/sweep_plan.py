@@ -5,7 +5,7 @@ the sweep's geometry (nodes x tasks_per_node ranks), and array task i runs membe
 An array holds at most MaxArraySize members (its task ids run 0..MaxArraySize-1), so a larger sweep is split
 into several arrays, each submitted with one sbatch call. Each array's script names an index file; the rank
 entry reads its member's run folder from that file by SLURM_ARRAY_TASK_ID (jobs/rank.py), so the script itself
-never lists members.
+never lists members. The index file's writer (`index_text`) and reader (`member_run_dir`) are both here.
 
 Cluster facts (MaxArraySize, MaxJobCount) are asked outside planning (cluster.slurm.limits) and handed in.
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Mapping, Sequence
 
 from cluster import quoting
@@ -124,6 +125,26 @@ def index_text(chunk: ArrayChunk, run_dirs: Mapping[int, str]) -> str:
     """The index file of an array: task i -> the run folder of member chunk.members[i]."""
     return json.dumps({"tag": chunk.tag, "members": list(chunk.members),
                        "run_dirs": [run_dirs[m] for m in chunk.members]}, ensure_ascii=False) + "\n"
+
+
+class SweepIndexError(RuntimeError):
+    """An array task cannot find its member; the message says why."""
+
+
+def member_run_dir(index_file: str, environ: Mapping[str, str]) -> str:
+    """The run folder of the member this array task runs: entry SLURM_ARRAY_TASK_ID of the index file (what
+    `index_text` wrote). Read by the rank entry, `python -m jobs.rank --array INDEX_FILE`."""
+    task = environ.get("SLURM_ARRAY_TASK_ID", "")
+    if not task.isdigit():
+        raise SweepIndexError(f"SLURM_ARRAY_TASK_ID={task!r}: `jobs.rank --array INDEX` runs only as a task of a "
+                              "zerorun sweep's job array")
+    try:
+        run_dirs = json.loads(Path(index_file).read_text())["run_dirs"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SweepIndexError(f"cannot read the sweep index {index_file}: {e}") from None
+    if int(task) >= len(run_dirs):
+        raise SweepIndexError(f"array task {task} but the index {index_file} lists {len(run_dirs)} members")
+    return run_dirs[int(task)]
 
 
 def member_table(rows: Sequence[tuple[int, str, str]]) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+from configs.keys import composition_error
+
 
 def _cluster(argv: list[str]) -> int:
     from cluster.localslurm import main
@@ -25,14 +27,14 @@ def _cluster(argv: list[str]) -> int:
 
 def _sweep_target(argv: list[str]) -> bool:
     """Is the verb's target a sweep folder (it holds a sweep record)?"""
-    from jobs.sweep_verbs import is_sweep
+    from jobs.sweeps.verbs import is_sweep
 
     return bool(argv) and not argv[0].startswith("-") and is_sweep(argv[0])
 
 
 def _status(argv: list[str]) -> int:
     if _sweep_target(argv):
-        from jobs.sweep_verbs import status as sweep_status
+        from jobs.sweeps.verbs import status as sweep_status
 
         return sweep_status(argv)
     from jobs.verbs import status
@@ -48,7 +50,7 @@ def _logs(argv: list[str]) -> int:
 
 def _cancel(argv: list[str]) -> int:
     if _sweep_target(argv):
-        from jobs.sweep_verbs import cancel as sweep_cancel
+        from jobs.sweeps.verbs import cancel as sweep_cancel
 
         return sweep_cancel(argv)
     from jobs.verbs import cancel
@@ -57,13 +59,13 @@ def _cancel(argv: list[str]) -> int:
 
 
 def _resubmit(argv: list[str]) -> int:
-    from jobs.sweep_verbs import resubmit
+    from jobs.sweeps.verbs import resubmit
 
     return resubmit(argv)
 
 
 def _report(argv: list[str]) -> int:
-    from jobs.sweep_verbs import report
+    from jobs.sweeps.verbs import report
 
     return report(argv)
 
@@ -155,43 +157,6 @@ def run_overrides(overrides: list[str]) -> int:
         print(f"zerorun: {composition_error(e)}", file=sys.stderr)
         return 1
     return launch(cfg, overrides)
-
-
-def composition_error(e: BaseException) -> str:
-    """Hydra's message with its causes (the reason an override failed), plus the keys that do exist."""
-    import difflib
-    import re
-
-    messages = []
-    while e is not None and str(e) not in messages:
-        messages.append(str(e))
-        e = e.__cause__  # type: ignore[assignment]
-    text = "\n".join(messages)
-    m = re.search(r"Could not override '([\w.]+)'", text)
-    if m:
-        parent, _, leaf = m.group(1).rpartition(".")
-        valid = schema_keys(parent)
-        if valid:
-            near = difflib.get_close_matches(leaf, valid, n=1)
-            hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
-            text += f"\n{hint}valid keys of {parent or 'the config'}: {', '.join(valid)}"
-    return text + "\n(zerorun --help lists the config groups and their options)"
-
-
-def schema_keys(path: str) -> list[str]:
-    """The keys the schema declares at a dotted path ("cluster" -> nodes, gpus_per_node, ...)."""
-    import dataclasses
-    import typing
-
-    from configs import schema
-
-    node: object = schema.ZerorunConfig
-    for part in filter(None, path.split(".")):
-        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
-        node = hints.get(part)
-    if not dataclasses.is_dataclass(node):
-        return []
-    return [f.name for f in dataclasses.fields(node)]
 
 
 def main() -> None:

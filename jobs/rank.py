@@ -30,7 +30,7 @@ def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Option
     """The run folder named by the arguments (a sweep member's: found from the array task id); None after
     printing why when there is none."""
     if len(argv) == 2 and argv[0] == "--array":
-        from jobs.sweep import SweepIndexError, member_run_dir
+        from cluster.sweep_plan import SweepIndexError, member_run_dir
 
         try:
             return member_run_dir(argv[1], environ)

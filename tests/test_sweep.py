@@ -19,12 +19,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cluster import launcher, preflight, render, sweep_plan
+from cluster import preflight, render, sweep_plan
 from cluster.plan import make_plan
 from cluster.slurm import ClusterLimits, parse_sacct_tasks, parse_scontrol_config, parse_squeue
 from conftest import REPO, shrink
-from jobs import sweep as sweeps
-from jobs import sweep_record
+from jobs.sweeps import dryrun, expansion, local, members, plan, submit
+from jobs.sweeps import record as sweep_record
 
 CPU_SLURM = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1",
              "cluster.mem=1G", "cluster.time_min=5", "cluster.signal_delay_s=60", "cluster.partition=debug")
@@ -46,11 +46,11 @@ def multirun(runs: Path, *overrides: str):
         hydra = GlobalHydra.instance().hydra
         cfg = hydra.compose_config("config", overrides=args, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
         loader = hydra.config_loader
-        members = launcher.expand(cfg, loader, [str(x) for x in cfg.hydra.overrides.task])
-        return cfg, loader, members
+        lines = expansion.expand(cfg, loader, [str(x) for x in cfg.hydra.overrides.task])
+        return cfg, loader, lines
 
 
-def build(runs: Path | str, *overrides: str) -> launcher.BuiltSweep:
+def build(runs: Path | str, *overrides: str) -> members.BuiltSweep:
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
@@ -62,11 +62,11 @@ def build(runs: Path | str, *overrides: str) -> launcher.BuiltSweep:
     with initialize_config_module("configs", version_base="1.3"):
         hydra = GlobalHydra.instance().hydra
         cfg = hydra.compose_config("config", overrides=args, run_mode=RunMode.MULTIRUN, with_log_configuration=False)
-        members = launcher.expand(cfg, hydra.config_loader, [str(x) for x in cfg.hydra.overrides.task])
-        return launcher.build(cfg, hydra.config_loader, members)
+        lines = expansion.expand(cfg, hydra.config_loader, [str(x) for x in cfg.hydra.overrides.task])
+        return members.build(cfg, hydra.config_loader, lines)
 
 
-def full_composition(runs: Path, member: launcher.MemberSpec, sweep_id: str, *base: str) -> str:
+def full_composition(runs: Path, member: members.MemberSpec, sweep_id: str, *base: str) -> str:
     """The member's config as a plain `zerorun OVERRIDES` run would save it (one full composition)."""
     from hydra import compose, initialize_config_module
 
@@ -116,7 +116,7 @@ def test_the_same_command_gives_the_same_sweep_id_and_another_grid_another(tmp_p
 def test_10000_members_split_into_arrays_under_max_array_size_within_5s(tmp_path):
     t0 = time.perf_counter()
     built = build(tmp_path, *CPU_SLURM, "seed=range(0,10000)")
-    base = make_plan(launcher.ConfigView(built.plan_configs[0]))
+    base = make_plan(members.ConfigView(built.plan_configs[0]))
     plan = sweep_plan.plan_sweep(base, [m.num for m in built.members], sweep_id=built.sweep_id,
                                  sweep_dir=built.sweep_dir, name=built.name, submission=0, nonce="abc123",
                                  parallelism=50, limits=LIMITS)
@@ -183,14 +183,14 @@ def test_array_task_states_parse_for_every_final_state():
 ])
 def test_bad_sweeps_are_refused_with_the_fix_and_nothing_is_written(tmp_path, overrides, expected):
     runs = tmp_path / "runs"
-    with pytest.raises(launcher.SweepError) as e:
+    with pytest.raises(expansion.SweepError) as e:
         build(runs, *overrides)
     assert expected in str(e.value)
     assert not runs.exists(), "nothing is written for a sweep that cannot run"
 
 
 def test_a_member_that_cannot_run_is_refused_with_its_number(tmp_path):
-    with pytest.raises(launcher.SweepError) as e:
+    with pytest.raises(expansion.SweepError) as e:
         build(tmp_path / "runs", "trainer.max_steps=10,0")
     assert "members 1: trainer.max_steps=0" in str(e.value)
 
@@ -199,14 +199,14 @@ def test_zero_parallelism_and_too_many_members_are_refused_before_anything_is_wr
     runs = tmp_path / "runs"
     built = build(runs, *CPU_SLURM, "seed=1,2", "sweep.parallelism=0")
     out, err = io.StringIO(), io.StringIO()
-    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 2
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 2
     assert "sweep.parallelism=1 or more" in err.getvalue()
     built = build(runs, *CPU_SLURM, "seed=range(0,12)")
     err = io.StringIO()
-    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=ClusterLimits(5, 10, "test")) == 2
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=ClusterLimits(5, 10, "test")) == 2
     assert "12 members (3 arrays of at most MaxArraySize=5)" in err.getvalue()
     local = build(runs, "seed=1,2", "sweep.parallelism=0")
-    rc, _ = sweeps.run(local, out, err)
+    rc, _ = submit.run(local, out, err)
     assert rc == 2 and not runs.exists()
 
 
@@ -214,10 +214,10 @@ def test_a_swept_value_that_is_a_secret_is_refused_with_the_fix(tmp_path, monkey
     monkeypatch.setenv("HF_TOKEN", "hf_zr_sweep_secret_0123456789")
     built = build(tmp_path / "runs", *CPU_SLURM, "dataset.source_prefix=hf_zr_sweep_secret_0123456789,plain")
     out, err = io.StringIO(), io.StringIO()
-    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 2
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 2
     assert "$HF_TOKEN would be written" in err.getvalue() and "cluster.env_passthrough" in err.getvalue()
     local = build(tmp_path / "runs", "dataset.source_prefix=hf_zr_sweep_secret_0123456789,plain")
-    assert sweeps.run(local, out, err)[0] == 2 and not (tmp_path / "runs").exists()
+    assert submit.run(local, out, err)[0] == 2 and not (tmp_path / "runs").exists()
 
 
 # ---- dry run -----------------------------------------------------------------------------------------------
@@ -226,14 +226,14 @@ def test_dry_run_writes_the_array_script_and_member_table_and_submits_nothing(tm
     built = build(tmp_path / "runs", *CPU_SLURM, "cluster.nodes=2", "trainer=ddp", "sweep.parallelism=2",
                   "optimizer.lr=1e-3,3e-3", "seed=1,2,3", "dry_run=true")
     out, err = io.StringIO(), io.StringIO()
-    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
-    text, files = out.getvalue(), Path(built.sweep_dir) / sweeps.DRY_RUN_DIR
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
+    text, files = out.getvalue(), Path(built.sweep_dir) / dryrun.DRY_RUN_DIR
     script = (files / "arrays/s00-a000.sbatch").read_text()
     assert script in text
     assert "#SBATCH --array=0-5%2" in script and "#SBATCH --nodes=2" in script
     assert "logs/%A_%a_%t.out" in script and '"${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"_batch.out' in script
     assert f"-m jobs.rank --array {files}/arrays/s00-a000.index.json" in script
-    table = (files / sweeps.MEMBERS_TABLE).read_text()
+    table = (files / plan.MEMBERS_TABLE).read_text()
     assert table in text
     rows = [line.split() for line in table.splitlines()[1:]]
     assert [r[0] for r in rows] == ["0", "1", "2", "3", "4", "5"]
@@ -246,6 +246,25 @@ def test_dry_run_writes_the_array_script_and_member_table_and_submits_nothing(tm
         "a dry run writes no record and no member folders"
 
 
+def modes(root: Path) -> dict[str, str]:
+    """path relative to root -> its permission bits, for root and everything below it."""
+    return {str(p.relative_to(root)): oct(p.stat().st_mode & 0o777) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.parametrize("backend", [CPU_SLURM, ("cluster=local",)])
+def test_a_dry_runs_folders_are_owner_only_as_a_run_folder(tmp_path, backend):
+    built = build(tmp_path / "runs", *backend, "seed=1,2", "dry_run=true")
+    out, err = io.StringIO(), io.StringIO()
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
+    sweep_dir = Path(built.sweep_dir)
+    found = modes(sweep_dir)
+    folders = {k: v for k, v in found.items() if (sweep_dir / k).is_dir()}
+    assert set(folders.values()) == {"0o700"}, folders
+    files = {k: v for k, v in found.items() if (sweep_dir / k).is_file()}
+    assert files and set(files.values()) == {"0o600"}, files
+    assert not [k for k in found if ".tmp" in k], "written atomically: no temporary file left behind"
+
+
 def test_hostile_folder_names_reach_the_array_task_exactly(tmp_path):
     import shlex
 
@@ -254,8 +273,8 @@ def test_hostile_folder_names_reach_the_array_task_exactly(tmp_path):
     built = build(quoted, *CPU_SLURM, "seed=1,2", "dry_run=true")
     assert built.sweep_dir.startswith(str(runs))
     out, err = io.StringIO(), io.StringIO()
-    assert sweeps.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
-    files = Path(built.sweep_dir) / sweeps.DRY_RUN_DIR
+    assert dryrun.dry_run(built, out, err, facts=NO_CLUSTER, limits=LIMITS) == 0, err.getvalue()
+    files = Path(built.sweep_dir) / dryrun.DRY_RUN_DIR
     script = (files / "arrays/s00-a000.sbatch").read_text()
     srun = shlex.split(next(line for line in script.splitlines() if line.startswith("srun ")))
     assert srun[-2:] == ["--array", f"{files}/arrays/s00-a000.index.json"]
@@ -284,7 +303,8 @@ def test_a_1000_member_dry_run_through_the_cli_takes_under_2s(tmp_path):
 
 def test_record_round_trip_and_submission_bookkeeping(tmp_path):
     built = build(tmp_path / "runs", "optimizer.lr=1e-3,3e-3", "seed=1,2")
-    record = sweeps._start(built, write_record=True)
+    record = submit._start(built)
+    sweep_record.save(record)
     assert (Path(built.sweep_dir) / "2" / "config.yaml").read_text() == built.members[2].yaml
     sweep_record.add_submission(record, [("s0a0-x", "job.s0a0-x", "arrays/s00-a000.sbatch",
                                           "arrays/s00-a000.index.json", [0, 1, 2, 3])])
@@ -299,17 +319,17 @@ def test_record_round_trip_and_submission_bookkeeping(tmp_path):
     assert third.job_of(third.members[3]) == "77_3" and not third.pending()
     assert third.members[1].overrides == ["optimizer.lr=0.001", "seed=2"]
     assert third.members[1].params == {"optimizer.lr": 0.001, "seed": 2}
-    assert not list(Path(built.sweep_dir).glob(".sweep.json.tmp*")), "the record is replaced atomically"
+    assert not list(Path(built.sweep_dir).glob(".sweep.json.*")), "the record is replaced atomically"
 
 
 def test_the_rank_finds_its_member_from_the_array_task_id(tmp_path):
     index = tmp_path / "i.json"
     index.write_text(json.dumps({"tag": "t", "members": [4, 5], "run_dirs": ["/s/4", "/s/5"]}))
-    assert sweeps.member_run_dir(str(index), {"SLURM_ARRAY_TASK_ID": "1"}) == "/s/5"
-    with pytest.raises(sweeps.SweepIndexError, match="lists 2 members"):
-        sweeps.member_run_dir(str(index), {"SLURM_ARRAY_TASK_ID": "2"})
-    with pytest.raises(sweeps.SweepIndexError, match="only as a task of a zerorun sweep"):
-        sweeps.member_run_dir(str(index), {})
+    assert sweep_plan.member_run_dir(str(index), {"SLURM_ARRAY_TASK_ID": "1"}) == "/s/5"
+    with pytest.raises(sweep_plan.SweepIndexError, match="lists 2 members"):
+        sweep_plan.member_run_dir(str(index), {"SLURM_ARRAY_TASK_ID": "2"})
+    with pytest.raises(sweep_plan.SweepIndexError, match="only as a task of a zerorun sweep"):
+        sweep_plan.member_run_dir(str(index), {})
     from jobs.rank import main
 
     assert main(["--array", str(index)]) == 3, "a rank outside an array says why and exits"
@@ -318,7 +338,7 @@ def test_the_rank_finds_its_member_from_the_array_task_id(tmp_path):
 def test_zeroruns_launcher_and_sweeper_are_hydras_and_import_nothing_heavy():
     code = ("import sys; from hydra.core.plugins import Plugins; from hydra.plugins.launcher import Launcher; "
             "from hydra.plugins.sweeper import Sweeper; "
-            "import cluster.launcher, cluster.sweep_plan, jobs.sweep, jobs.sweep_record, jobs.sweep_verbs; "
+            "import cluster.adapters, cluster.sweep_plan, jobs.sweeps.launcher, jobs.sweeps.verbs; "
             "print([c.__name__ for c in Plugins.instance().discover(Launcher)]); "
             "print([c.__name__ for c in Plugins.instance().discover(Sweeper)]); "
             "print(sorted(m for m in ('torch', 'pytorch_lightning', 'lightning', 'deepspeed', 'transformers', "
@@ -346,9 +366,9 @@ def test_a_local_sweep_runs_every_member_here_and_records_it(tmp_path):
     assert [(m.overrides, m.state) for m in record.members] == [
         (["optimizer.lr=0.001"], "COMPLETED"), (["optimizer.lr=-1.0"], "FAILED")]
     assert record.members[0].metrics and record.members[0].metrics["global_step"] == 6
-    assert "Invalid learning rate" in (sweep_dir / "1" / sweeps.LOCAL_LOG).read_text()
+    assert "Invalid learning rate" in (sweep_dir / "1" / local.LOCAL_LOG).read_text()
     out = io.StringIO()
-    from jobs.sweep_verbs import status
+    from jobs.sweeps.verbs import status
 
     assert status([str(sweep_dir)], out=out) == 0
     assert "1 member(s) can be resubmitted" in out.getvalue()

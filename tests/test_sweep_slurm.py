@@ -15,6 +15,7 @@ member here may be requeued by it as well.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -27,8 +28,8 @@ import pytest
 
 from cluster import slurm
 from conftest import REPO, wait_until
-from jobs import sweep as sweeps
-from jobs import sweep_record
+from jobs.sweeps import record as sweep_record
+from jobs.sweeps import submit
 
 pytestmark = pytest.mark.slurm
 
@@ -55,14 +56,19 @@ def sweep_dir_of(runs: Path) -> Path:
 
 
 def refreshed(sweep_dir: Path) -> sweep_record.SweepRecord:
-    record = sweep_record.load(sweep_dir)
-    sweeps.refresh(record)
+    """The record with fresh states, saved as `zerorun status` saves it (so the tests reading sweep.json see them,
+    whichever of them runs alone)."""
+    from jobs.sweeps.verbs import refreshed as status_refresh
+
+    record = status_refresh(str(sweep_dir), sys.stderr)
+    assert record is not None
     return record
 
 
-def started(run_dir: Path) -> bool:
+def stepped(run_dir: Path) -> bool:
+    """Has the member taken its first optimizer step? Stopped before it, a member has no checkpoint to resume."""
     events = run_dir / "attempts.jsonl"
-    return events.exists() and '"event": "start"' in events.read_text()
+    return events.exists() and '"event": "first_step"' in events.read_text()
 
 
 def wait_all_final(sweep_dir: Path, members: list[int] | None = None, timeout: float = 300) -> sweep_record.SweepRecord:
@@ -108,7 +114,7 @@ def grid(slurm_cluster, tmp_path_factory):
     try:
         # preempt member 3 while it trains: a job in the high partition that takes both nodes whole
         run3 = sweep_dir / str(PREEMPTED)
-        wait_until("member 3 to start training", lambda: started(run3), timeout=240)
+        wait_until("member 3 to take a step", lambda: stepped(run3), timeout=240)
         high = subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "--mem=100M",
                                "-t", "2", "-J", "zr-sweep-test-preemptor", "-o", "/dev/null", "--wrap", "sleep 4"],
                               capture_output=True, text=True, timeout=30)
@@ -116,7 +122,7 @@ def grid(slurm_cluster, tmp_path_factory):
         mine.append(high.stdout.strip().split(";")[0])
         # cancel member 5 while it trains: CANCELLED, with the checkpoint of its stop
         run5 = sweep_dir / str(CANCELLED)
-        wait_until("member 5 to start training", lambda: started(run5), timeout=240)
+        wait_until("member 5 to take a step", lambda: stepped(run5), timeout=240)
         job5 = at_return.job_of(at_return.members[CANCELLED])
         subprocess.run(["scancel", job5], check=True, timeout=30)
         final = wait_all_final(sweep_dir)
@@ -228,7 +234,7 @@ def test_resubmit_failed_runs_just_the_failed_and_cancelled_members_and_they_res
 
 def held_sweep(runs: Path, sweep_id: str, crash: str | None, *more: str) -> subprocess.CompletedProcess:
     """A 2-member sweep whose array is held (it never runs: these tests count jobs, not results)."""
-    env = {sweep_record.CRASH_ENV: crash} if crash else {}
+    env = {submit.CRASH_ENV: crash} if crash else {}
     return zerorun("-m", *NODES2, *TINY, f"cluster.runs_dir={runs}", f"sweep.id={sweep_id}",
                    "+cluster.sbatch_extra.hold=true", "trainer.max_steps=5", "seed=1,2", *more, env=env)
 
@@ -239,7 +245,7 @@ def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_me
     runs = tmp_path / "runs"
     sweep_id = f"crash-{moment}-{os.getpid()}"
     crashed = held_sweep(runs, sweep_id, moment)
-    assert crashed.returncode == sweep_record.CRASH_EXIT, crashed.stderr
+    assert crashed.returncode == submit.CRASH_EXIT, crashed.stderr
     sweep_dir = sweep_dir_of(runs)
     record = sweep_record.load(sweep_dir)
     sub = record.submissions[0]
@@ -269,6 +275,68 @@ def test_a_submitter_crash_simulated_then_the_same_command_leaves_one_job_per_me
         record = wait_until("both members cancelled", lambda: (r := refreshed(sweep_dir)) and
                           all(m.state == "CANCELLED" for m in r.members) and r, timeout=30)
         assert [m.state for m in record.members] == ["CANCELLED", "CANCELLED"]
+    finally:
+        for job in my_jobs_named(sub.job_name):
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+def live_tasks(array_job: str) -> list[str]:
+    return subprocess.run(["squeue", "-h", "-r", "-j", array_job, "-t", "PENDING,RUNNING,SUSPENDED,REQUEUED",
+                           "-o", "%i"], capture_output=True, text=True, timeout=30).stdout.split()
+
+
+def crashed_after_sbatch(runs: Path, sweep_id: str) -> tuple[Path, sweep_record.Submission, str]:
+    """A held sweep whose submitter died after sbatch: the record says "submitting", Slurm holds the array."""
+    crashed = held_sweep(runs, sweep_id, "after-sbatch")
+    assert crashed.returncode == submit.CRASH_EXIT, crashed.stderr
+    sweep_dir = sweep_dir_of(runs)
+    sub = sweep_record.load(sweep_dir).submissions[0]
+    queued = my_jobs_named(sub.job_name)
+    assert sub.state == sweep_record.SUBMITTING and len(queued) == 1
+    return sweep_dir, sub, queued[0]
+
+
+def test_cancel_finds_and_cancels_an_array_the_record_still_calls_submitting(slurm_cluster, tmp_path):
+    runs = tmp_path / "runs"
+    sweep_dir, sub, array_job = crashed_after_sbatch(runs, f"cancel-submitting-{os.getpid()}")
+    try:
+        proc = zerorun("cancel", str(sweep_dir))
+        assert proc.returncode == 0, proc.stderr
+        assert f"cancel requested for array {array_job}" in proc.stdout, proc.stdout
+        assert "adopted" in proc.stderr
+        record = sweep_record.load(sweep_dir)
+        assert record.submissions[0].array_job_id == array_job and not record.pending()
+        wait_until("the array to leave the queue", lambda: not live_tasks(array_job), timeout=30)
+    finally:
+        for job in my_jobs_named(sub.job_name):
+            subprocess.run(["scancel", job], capture_output=True, timeout=30)
+
+
+def test_status_never_undoes_a_job_id_a_concurrent_submitter_recorded(slurm_cluster, tmp_path, monkeypatch):
+    """status reads the record (the array "submitting"), and while it asks Slurm, the same command run again
+    adopts the array and records its id; what status then saves must keep that id."""
+    from jobs.sweeps import verbs
+
+    runs = tmp_path / "runs"
+    sweep_id = f"status-race-{os.getpid()}"
+    sweep_dir, sub, array_job = crashed_after_sbatch(runs, sweep_id)
+    real_query = slurm.query_tasks
+    others: list[subprocess.CompletedProcess] = []
+
+    def query_while_another_submits(tasks):  # type: ignore[no-untyped-def]
+        found = real_query(tasks)
+        if not others:
+            others.append(held_sweep(runs, sweep_id, None))
+        return found
+
+    monkeypatch.setattr(slurm, "query_tasks", query_while_another_submits)
+    try:
+        out, err = io.StringIO(), io.StringIO()
+        assert verbs.status([str(sweep_dir)], out, err) == 0, err.getvalue()
+        assert others and others[0].returncode == 0 and "adopted" in others[0].stderr, others
+        record = sweep_record.load(sweep_dir)
+        assert record.submissions[0].array_job_id == array_job, "status saved an older record over the submitter's"
+        assert record.submissions[0].state == sweep_record.SUBMITTED
     finally:
         for job in my_jobs_named(sub.job_name):
             subprocess.run(["scancel", job], capture_output=True, timeout=30)

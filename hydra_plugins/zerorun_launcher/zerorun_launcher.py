@@ -1,9 +1,9 @@
 """The plugin classes and their config nodes (hydra/sweeper=zerorun, hydra/launcher=zerorun).
 
-configs/config.yaml selects both for zerorun. The launcher reuses hydra-submitit-launcher's launcher base
-(`setup`, the parameter handling) and its queue-config shape; what it changes is what `launch` does: instead of
-pickling Hydra's state per member into submitit's `map_array` and waiting for every result, it plans the whole
-sweep as job arrays of zerorun's own batch script and returns once they are queued (cluster/launcher.py).
+configs/config.yaml selects both for zerorun. Both are Hydra's public plugin bases; what the launcher does
+differently from hydra-submitit-launcher: instead of pickling Hydra's state per member into submitit's
+`map_array` and waiting for every result, it plans the whole sweep as job arrays of zerorun's own batch script
+and returns once they are queued (jobs/sweeps/launcher.py).
 """
 
 # No `from __future__ import annotations`: Hydra's scanner runs this module before it is in sys.modules, and
@@ -13,9 +13,9 @@ from typing import Any, List, Optional, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from omegaconf import DictConfig
 
 
@@ -27,7 +27,7 @@ class ZerorunSweeperConf:
 @dataclass
 class ZerorunLauncherConf:
     # The array geometry, resources and parallelism come from zerorun's own config (cluster.*, sweep.*), not from
-    # here: one place per setting. Stock hydra-submitit-launcher's queue fields (nodes, partition, ...) would
+    # here: one place per setting. Queue fields such as hydra-submitit-launcher's (nodes, partition, ...) would
     # duplicate cluster.* and are left out on purpose.
     _target_: str = "hydra_plugins.zerorun_launcher.zerorun_launcher.ZerorunLauncher"
 
@@ -55,21 +55,26 @@ class ZerorunSweeper(Sweeper):
         )
 
     def sweep(self, arguments: List[str]) -> Any:
-        from cluster.launcher import sweep
+        from jobs.sweeps.launcher import sweep
 
         assert self.config is not None and self.hydra_context is not None
         return sweep(self.config, self.hydra_context, self.launcher, arguments)
 
 
-class ZerorunLauncher(BaseSubmititLauncher):
+class ZerorunLauncher(Launcher):
     """Plans every member's run folder, writes the sweep record, renders one array script per MaxArraySize
     members and submits each with one sbatch call (cluster=slurm); or runs the members here (cluster=local);
     or writes and prints it all (dry_run=true)."""
 
-    _EXECUTOR = "zerorun"
+    def __init__(self) -> None:
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from cluster.launcher import launch
+        from jobs.sweeps.launcher import launch
 
         assert self.config is not None and self.hydra_context is not None
         return launch(self.config, self.hydra_context, job_overrides, initial_job_idx)

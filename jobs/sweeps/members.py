@@ -1,47 +1,28 @@
-"""What zerorun's Hydra sweeper and launcher do (hydra_plugins/zerorun_launcher holds the classes Hydra sees).
+"""Building a sweep's members: every member's run folder, swept values, resolved config and config.yaml text.
 
-`zerorun -m optimizer.lr=1e-4,3e-4 seed=1,2,3 cluster=slurm`:
-
-1. `sweep()`: parse the command line's overrides once, expand the grid (Hydra's basic sweeper's own expansion,
-   without its per-member composition), give the sweep its id (sweep.id, else a hash of the overrides, so the
-   same command finds the same sweep folder), and hand every member to the launcher in one batch.
-2. `launch()`: members are built from ONE composed config: Hydra composed the base (every override but the
-   swept ones); it is resolved once, and each member is that resolved config with its own swept values set
-   (copy-on-write, a few dict writes). Each distinct swept value is validated once against the structured
-   config (a key that does not exist, a value of the wrong type: an error before anything is written). Only a
-   sweep over config groups (trainer=ddp,deepspeed) composes again, once per distinct combination of groups;
-   a swept key that another key interpolates re-resolves those keys, once per distinct value.
-3. jobs/sweep.py writes the member run folders and the record and submits job arrays (or runs the members
-   here, or prints the dry run).
-
-Returns as soon as the arrays are queued: Hydra's JobReturn of each member carries its array task
-("ARRAYJOB_TASK"), not a result; `zerorun status SWEEP_DIR` follows them.
+Members are built from ONE composed config: Hydra composed the base (every override but the swept ones); it is
+resolved once, and each member is that resolved config with its own swept values set (copy-on-write, a few dict
+writes). Each distinct swept value is validated once against the structured config (a key that does not exist,
+a value of the wrong type: an error before anything is written). Only a sweep over config groups
+(trainer=ddp,deepspeed) composes again, once per distinct combination of groups; a swept key that another key
+interpolates re-resolves those keys, once per distinct value. A member's config.yaml is the base's text, one
+section per top-level key, with the sections it changed written anew (the same text OmegaConf.to_yaml writes).
 """
 
 from __future__ import annotations
 
 import copy
-import difflib
-import hashlib
 import os
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-# overrides that do not change what a sweep is: left out of the sweep id
-ID_NEUTRAL_KEYS = ("dry_run", "sweep.resubmit", "sweep.parallelism")
-SWEEP_ID_LEN = 10
-
-
-class SweepError(ValueError):
-    """The sweep cannot be planned; every problem names its fix."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("the sweep cannot run:\n" + "".join(f"  - {p}\n" for p in problems))
+from cluster import adapters
+from configs.keys import composition_error, missing_key
+from configs.validate import config_problems
+from jobs.sweeps.expansion import SweepError, Value, parse
 
 
 @dataclass
@@ -96,119 +77,6 @@ class ConfigView(dict):
         return ConfigView(value) if isinstance(value, dict) else value
 
 
-# ---- the sweeper ----------------------------------------------------------------------------------------------
-
-def sweep_id(arguments: Sequence[str]) -> str:
-    """A short hash of the command line's overrides, order-insensitive, leaving out ID_NEUTRAL_KEYS."""
-    kept = sorted(a for a in arguments if a.lstrip("+~").split("=", 1)[0] not in ID_NEUTRAL_KEYS)
-    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:SWEEP_ID_LEN]
-
-
-def expand(config: DictConfig, config_loader: Any, arguments: list[str]) -> list[list[str]]:
-    """Every member's overrides (Hydra's own grid expansion), after giving the sweep its id; raises SweepError."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    overrides = OverridesParser.create(config_loader=config_loader).parse_overrides(arguments)
-    problems = [f"{o.input_line}: a grid sweep takes a list of values (KEY=A,B,C, KEY=range(1,4) or "
-                f"KEY=choice(A,B)); {o.value_type.name if o.value_type else 'this'} sweeps are for optimizing "
-                "sweepers" for o in overrides if o.is_sweep_override() and not o.is_discrete_sweep()]
-    if problems:
-        raise SweepError(problems)
-    if not any(o.is_sweep_override() for o in overrides):
-        raise SweepError(["-m/--multirun without a swept key (KEY=A,B): there is nothing to sweep; drop -m to run "
-                          "one job, or give a key several values"])
-    if config.sweep.id is None:
-        config.sweep.id = sweep_id(arguments)
-    members = BasicSweeper.split_arguments(overrides, None)[0]
-    if not members:
-        raise SweepError(["the sweep has no members: a swept key has no values (e.g. seed=range(0,0)); give every "
-                          "swept key at least one value"])
-    return members
-
-
-def sweep(config: DictConfig, hydra_context: Any, launcher: Any, arguments: list[str]) -> Any:
-    """Expand the sweep and launch every member in one batch (the body of ZerorunSweeper.sweep)."""
-    try:
-        members = expand(config, hydra_context.config_loader, arguments)
-    except SweepError as e:
-        _exit(e.problems)
-    return launcher.launch(members, initial_job_idx=0)
-
-
-def _exit(problems: list[str], code: int = 2) -> None:
-    sys.stderr.write("zerorun: the sweep cannot run (nothing was submitted):\n"
-                     + "".join(f"  - {p}\n" for p in problems))
-    sys.exit(code)
-
-
-# ---- the launcher ---------------------------------------------------------------------------------------------
-
-def launch(config: DictConfig, hydra_context: Any, job_overrides: Sequence[Sequence[str]],
-           initial_job_idx: int) -> list[Any]:
-    """Build the members, then dry-run, submit or run them (the body of ZerorunLauncher.launch)."""
-    from hydra.core.utils import JobReturn, JobStatus
-
-    from jobs import sweep as sweeps
-
-    try:
-        built = build(config, hydra_context.config_loader, job_overrides, initial_job_idx)
-    except SweepError as e:
-        _exit(e.problems)
-    rc, jobs = sweeps.run(built)
-    if rc:
-        sys.exit(rc)
-    returns = []
-    for m in built.members:
-        r = JobReturn(overrides=list(m.overrides), cfg=None, hydra_cfg=None, working_dir=m.run_dir,
-                      task_name="zerorun", status=JobStatus.COMPLETED)
-        r._return_value = jobs.get(m.num)  # the array task that runs it; None for a dry run
-        returns.append(r)
-    return returns
-
-
-# keys a sweep may not vary, and why (with the fix)
-def _refused(key: str, line: str) -> Optional[str]:
-    if key == "cluster" or key.startswith("cluster."):
-        return (f"{line}: the members of a sweep share one job geometry and one batch script, so cluster.* "
-                "cannot vary inside a sweep; run one sweep per value (zerorun -m ... cluster.X=A, then cluster.X=B)")
-    if key in ("name", "run_dir", "run_id"):
-        return f"{line}: {key} names the sweep's folders and takes one value; sweep other keys (sweep.id names a sweep)"
-    if key == "resume":
-        return f"{line}: resume cannot be swept; a sweep's members resume with zerorun resubmit SWEEP_DIR --failed"
-    if key == "dry_run":
-        return f"{line}: dry_run is not a sweep parameter; give it one value (dry_run=true) to see the sweep"
-    if key == "sweep" or key.startswith("sweep."):
-        return f"{line}: {key} configures the sweep itself and takes one value"
-    return None
-
-
-@dataclass(frozen=True)
-class _Value:
-    """One value of a swept key, as a member's override line names it."""
-
-    key: str
-    value: Any
-    line: str
-    add: bool = False
-    force_add: bool = False
-
-
-def _values(parsed: list[Any]) -> dict[str, _Value]:
-    """line -> typed value for every value of every sweep override: the lines Hydra's grid expansion writes
-    (`KEY=VALUE_AS_STR`), so members need no parsing of their own."""
-    from hydra.core.override_parser.types import Override
-
-    known = {}
-    for o in parsed:
-        if o.is_sweep_override() and o.is_discrete_sweep():
-            head = o.get_key_element()
-            for v in o.sweep_iterator():
-                line = f"{head}={Override._get_value_element_as_str(v)}"
-                known[line] = _Value(o.key_or_group, Override._convert_value(v), line, o.is_add(), o.is_force_add())
-    return known
-
-
 @dataclass
 class _Combo:
     """A base for members: the composed config of one combination of swept config groups."""
@@ -231,53 +99,23 @@ _UNSET = object()
 def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequence[str]],
           initial_job_idx: int = 0) -> BuiltSweep:
     """Every member's run folder, swept values, resolved config and config.yaml; raises SweepError."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    from configs.validate import config_problems
-
-    parser = OverridesParser.create()
-    task_lines = [str(x) for x in config.hydra.overrides.task]
-    parsed = parser.parse_overrides(task_lines)
-    swept = list(dict.fromkeys(o.key_or_group for o in parsed if o.is_sweep_override()))
-    problems = [p for o in parsed if o.is_sweep_override() and (p := _refused(o.key_or_group, o.input_line))]
-    problems += [f"{o.input_line}: a sweep cannot delete a key; delete it for every member (~KEY, no values)"
-                 for o in parsed if o.is_sweep_override() and o.is_delete()]
-    if config.resume:
-        problems.append(f"resume={config.resume} with -m: a sweep starts new runs; its members resume with "
-                        "zerorun resubmit SWEEP_DIR --failed")
-    if problems:
-        raise SweepError(problems)
-    swept_set = set(swept)
+    swept = parse([str(x) for x in config.hydra.overrides.task], config.resume)
     choices = dict(config.hydra.runtime.choices)
-    groups = {k for k in swept if k in choices}
-    common = [line for o, line in zip(parsed, task_lines) if not o.is_sweep_override()]
+    groups = {k for k in swept.keys if k in choices}
     sweep_dir = os.path.abspath(str(config.hydra.sweep.dir))
     sid = str(config.sweep.id)
 
-    known = _values(parsed)
-    skipped: set[str] = set()
     combos: dict[tuple, _Combo] = {}
     members: list[MemberSpec] = []
     plan_configs: dict[tuple, dict] = {}
     bad: dict[str, list[int]] = {}
     for i, lines in enumerate(job_overrides):
         num = initial_job_idx + i
-        mine: list[_Value] = []
-        for line in lines:
-            v = known.get(line)
-            if v is None and line not in skipped:
-                # a line this sweeper did not write (another sweeper's), or an override common to all members
-                o = parser.parse_overrides([line])[0]
-                if o.key_or_group in swept_set:
-                    v = known[line] = _Value(o.key_or_group, o.value(), line, o.is_add(), o.is_force_add())
-                else:
-                    skipped.add(line)
-            if v is not None:
-                mine.append(v)
+        mine = swept.values(lines)
         combo_key = tuple((v.key, v.value) for v in mine if v.key in groups)
         combo = combos.get(combo_key)
         if combo is None:
-            combo = combos[combo_key] = _combo(config, config_loader, common, combo_key, sid)
+            combo = combos[combo_key] = _combo(config, config_loader, swept.common, combo_key, sid)
         run_dir = f"{sweep_dir}/{num}"
         try:
             member, changed = _member(combo, [v for v in mine if v.key not in groups])
@@ -297,7 +135,7 @@ def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequen
     return BuiltSweep(
         sweep_id=sid, sweep_dir=sweep_dir, name=str(config.name), backend=str(config.cluster.backend),
         dry_run=bool(config.dry_run), parallelism=int(config.sweep.parallelism), resubmit=str(config.sweep.resubmit),
-        metric=str(config.sweep.metric), mode=str(config.sweep.mode), overrides=task_lines, params=swept,
+        metric=str(config.sweep.metric), mode=str(config.sweep.mode), overrides=swept.lines, params=swept.keys,
         members=members, plan_configs=list(plan_configs.values()),
     )
 
@@ -305,8 +143,6 @@ def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequen
 def _combo(config: DictConfig, config_loader: Any, common: list[str], combo_key: tuple, sid: str) -> _Combo:
     if combo_key:
         from hydra.errors import HydraException
-
-        from jobs.cli import composition_error
 
         lines = [*common, *(f"{k}={v}" for k, v in combo_key)]
         try:
@@ -339,11 +175,11 @@ def _interpolations(node: Any, prefix: str):  # type: ignore[no-untyped-def]
         yield prefix[:-1], node
 
 
-def _member(combo: _Combo, values: list[_Value]) -> tuple[dict, set[str]]:
+def _member(combo: _Combo, values: list[Value]) -> tuple[dict, set[str]]:
     """The combo's resolved config with these values set (copy-on-write); also the top-level keys changed."""
     member = dict(combo.resolved)
     changed: set[str] = set()
-    dependent: list[_Value] = []
+    dependent: list[Value] = []
     for v in values:
         value = combo.validated.get(v.line, _UNSET)
         if value is _UNSET:
@@ -363,28 +199,7 @@ def _member(combo: _Combo, values: list[_Value]) -> tuple[dict, set[str]]:
     return member, changed
 
 
-def _checker(probe: DictConfig, key: str) -> Any:
-    """A validate-and-convert function for a leaf value node that exists, as its type declares (what
-    OmegaConf.update does there, without walking the config each time); None for anything else."""
-    from omegaconf import ValueNode
-
-    parent_path, _, leaf = key.rpartition(".")
-    try:
-        parent = OmegaConf.select(probe, parent_path) if parent_path else probe
-        node = parent._get_node(leaf) if isinstance(parent, DictConfig) else None
-    except Exception:  # a missing parent: the slow path says why
-        return None
-    if not isinstance(node, ValueNode):
-        return None
-
-    def check(value: Any) -> Any:
-        node._set_value(value)
-        return node._value()
-
-    return check
-
-
-def _validate(combo: _Combo, v: _Value) -> Any:
+def _validate(combo: _Combo, v: Value) -> Any:
     """The value as the schema converts it, checked as Hydra would check the override; SweepError if it cannot
     be set (a key that does not exist, a value of the wrong type)."""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
@@ -395,14 +210,14 @@ def _validate(combo: _Combo, v: _Value) -> Any:
     try:
         if simple:
             if key not in combo.checkers:
-                combo.checkers[key] = _checker(probe, key)
+                combo.checkers[key] = adapters.leaf_setter(probe, key)
             if combo.checkers[key] is not None:
                 return combo.checkers[key](value)
         if v.add and OmegaConf.select(probe, key, throw_on_missing=False) is not None:
             raise SweepError([f"{v.line}: {key} already exists; drop the + to change it"])
         OmegaConf.update(probe, key, value, merge=True, force_add=v.add or v.force_add)
     except (ConfigAttributeError, ConfigKeyError):
-        raise SweepError([_missing_key(key, v.line)]) from None
+        raise SweepError([missing_key(key, v.line)]) from None
     except OmegaConfBaseException as e:
         reason = str(e).splitlines()[0]
         raise SweepError([f"{v.line}: {reason}; give {key} values of the type the config declares "
@@ -411,19 +226,7 @@ def _validate(combo: _Combo, v: _Value) -> Any:
     return OmegaConf.to_container(got, resolve=True) if OmegaConf.is_config(got) else got
 
 
-def _missing_key(key: str, line: str) -> str:
-    from jobs.cli import schema_keys
-
-    parent, _, leaf = key.rpartition(".")
-    valid = schema_keys(parent)
-    near = difflib.get_close_matches(leaf, valid, n=1)
-    hint = f"did you mean {parent + '.' if parent else ''}{near[0]}? " if near else ""
-    keys = f"valid keys of {parent or 'the config'}: {', '.join(valid)}; " if valid else ""
-    return (f"{line}: the config has no key {key!r}, so no member could run with it; {hint}{keys}"
-            f"to add a new key to a free-form section write +{line}")
-
-
-def _rederive(combo: _Combo, values: list[_Value]) -> list[tuple[str, Any]]:
+def _rederive(combo: _Combo, values: list[Value]) -> list[tuple[str, Any]]:
     """The values of the interpolations that read any of these keys, resolved with the members' values."""
     cfg = copy.deepcopy(combo.cfg)
     for v in values:
@@ -483,15 +286,16 @@ def _dumper() -> type:
     """PyYAML's C emitter with OmegaConf's quoting of strings that would read back as another type, so the text
     is what OmegaConf.to_yaml writes (a test compares them), ~15x faster."""
     import yaml
-    from omegaconf._utils import is_float, is_int, yaml_is_bool
 
     base = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
     class Dumper(base):  # type: ignore[misc, valid-type]
         pass
 
+    quotes = adapters.yaml_quoter()
+
     def represent_str(dumper: Any, data: str) -> Any:
-        quoted = yaml_is_bool(data) or is_int(data) or is_float(data)
+        quoted = quotes(data)
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="'" if quoted else None)
 
     Dumper.add_representer(str, represent_str)

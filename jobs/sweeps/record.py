@@ -1,4 +1,5 @@
-"""A sweep's durable record: SWEEP_DIR/sweep.json, written before anything is submitted and updated after.
+"""A sweep's durable record: SWEEP_DIR/sweep.json, written before anything is submitted and updated after, and
+the lock every read-modify-write of it holds.
 
 What it holds: the sweep id, the command line, the swept keys, every member (its overrides and values, its run
 folder, which array task ran it in which submission, and the last state, step, checkpoint, attempts and final
@@ -9,8 +10,11 @@ Why it cannot double-submit: a submission is recorded as "submitting", with a ta
 job name, before sbatch is called; it becomes "submitted" with the array job id after. A submitter that died in
 between leaves "submitting" behind; the next one asks Slurm (squeue, then sacct) for a job of that name before
 calling sbatch again, and adopts it when it exists. Every read-modify-write of the record holds an exclusive
-lock (SWEEP_DIR/.sweep.lock), so two submitters of the same sweep take turns. The file is replaced atomically
-(written beside it, fsynced, renamed): a kill leaves the old record or the new one.
+lock (SWEEP_DIR/.sweep.lock), so two submitters of the same sweep take turns; a reader that cannot wait
+(`zerorun status` beside a local sweep that holds the lock while it runs) merges what it saw into the record
+as it is on disk under the lock, or saves nothing. The file is replaced atomically (trainer_core.durable): a kill
+leaves the old record or the new one. The protocol's Slurm side is in submit.py (sbatch) and refresh.py (finding
+an array by its job name).
 
 Imports nothing of the training stack.
 """
@@ -21,20 +25,16 @@ import contextlib
 import fcntl
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Optional, TextIO
+from typing import Any, Iterator, Optional
+
+from trainer_core.durable import write_atomic
 
 RECORD_NAME = "sweep.json"
 LOCK_NAME = ".sweep.lock"
 VERSION = 1
-# Tests set this to simulate a submitter killed at the worst moments: "after-record" (the record says
-# "submitting", sbatch was never called) or "after-sbatch" (sbatch queued the array, the record never heard).
-CRASH_ENV = "ZERORUN_SWEEP_TEST_CRASH"
-CRASH_EXIT = 86
-
 SUBMITTING = "submitting"
 SUBMITTED = "submitted"
 
@@ -184,24 +184,11 @@ def load(sweep_dir: str | os.PathLike) -> SweepRecord:
 
 
 def save(record: SweepRecord) -> Path:
-    """Replace the record atomically and durably (fsync of the file, then of the folder)."""
+    """Replace the record atomically and durably. Call with the lock held."""
     data = {f.name: getattr(record, f.name) for f in fields(record)}
     data["members"] = [vars(m) for m in record.members]
     data["submissions"] = [vars(s) for s in record.submissions]
-    p = path(record.sweep_dir)
-    tmp = p.with_name(f".{RECORD_NAME}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=0, ensure_ascii=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, p)
-    dir_fd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return p
+    return write_atomic(path(record.sweep_dir), json.dumps(data, indent=0, ensure_ascii=False) + "\n")
 
 
 def add_submission(record: SweepRecord, arrays: list[tuple[str, str, str, str, list[int]]]) -> list[Submission]:
@@ -222,48 +209,15 @@ def add_submission(record: SweepRecord, arrays: list[tuple[str, str, str, str, l
     return added
 
 
-def _crash_point(name: str) -> None:
-    if os.environ.get(CRASH_ENV) == name:
-        print(f"zerorun: {CRASH_ENV}={name}: exiting as a crash would, here", file=sys.stderr, flush=True)
-        os._exit(CRASH_EXIT)
+def mark_queued(record: SweepRecord, sub: Submission, array_job_id: str, how: str) -> None:
+    """The submission is queued as `array_job_id` (how: "sbatch" or "found by name"); its members are PENDING."""
+    sub.array_job_id, sub.how = array_job_id, how
+    sub.state, sub.submitted_at = SUBMITTED, time.time()
+    for num in sub.members:
+        record.members[position(record, num)].state = "PENDING"
 
 
-def submit_pending(record: SweepRecord, err: TextIO = sys.stderr) -> list[Submission]:
-    """Queue every submission still "submitting": adopt the array Slurm already has under its job name (a crash
-    after sbatch), else call sbatch; save the record after each. Call with the lock held and the record saved.
-    Returns the submissions that are now queued; raises cluster.slurm.SlurmError when Slurm refuses."""
-    from cluster import slurm
-
-    _crash_point("after-record")
-    done = []
-    for sub in record.pending():
-        found, why = slurm.find_named(sub.job_name, since=sub.created_at)
-        if len(found) > 1:
-            raise slurm.SlurmError(
-                f"Slurm holds {len(found)} jobs named {sub.job_name} ({', '.join(found)}), one expected: cancel "
-                f"the extra ones (scancel ID) and run the command again")
-        if found:
-            sub.array_job_id, sub.how = found[0], "found by name"
-            err.write(f"zerorun: array {sub.tag} was already queued as job {found[0]} (an earlier submitter "
-                      "stopped before recording it); adopted, not submitted again\n")
-        elif why is not None:
-            raise slurm.SlurmError(
-                f"cannot tell whether array {sub.tag} was queued before an earlier submitter stopped: {why}. "
-                f"Check `squeue --name {sub.job_name}` and `sacct --name {sub.job_name}`; run the command again "
-                "when sacct answers")
-        else:
-            sub.array_job_id = slurm.sbatch(record.sweep_dir, sub.script)
-            sub.how = "sbatch"
-            _crash_point("after-sbatch")
-        sub.state, sub.submitted_at = SUBMITTED, time.time()
-        for num in sub.members:
-            record.members[_position(record, num)].state = "PENDING"
-        save(record)
-        done.append(sub)
-    return done
-
-
-def _position(record: SweepRecord, num: int) -> int:
+def position(record: SweepRecord, num: int) -> int:
     # members are stored in number order from the sweep's first member
     first = record.members[0].num
     member = record.members[num - first]
