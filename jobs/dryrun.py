@@ -58,13 +58,10 @@ def rendered_files(cfg: Any, plan: JobPlan, ctx: render.RenderContext,
 
 
 def refuse_secrets(files: dict[str, str], environ: Optional[dict[str, str]] = None) -> list[str]:
-    """Problems for every secret-looking environment value that would be written (a config interpolating it)."""
-    from jobs.snapshot import leaked_secrets
+    """Problems for every secret-looking environment value that would be written (jobs/snapshot.py's one check)."""
+    from jobs.snapshot import check_no_secrets
 
-    leaks = leaked_secrets(files.values(), dict(os.environ) if environ is None else environ)
-    return [f"the value of ${name} would be written into the run folder (the config interpolates it?); "
-            f"remove it from the config and list {name} in cluster.env_passthrough: the job then inherits it "
-            "by name" for name in leaks]
+    return check_no_secrets(files, dict(os.environ) if environ is None else environ)
 
 
 def write_files(run_dir: str, files: dict[str, str]) -> Path:

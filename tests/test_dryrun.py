@@ -68,8 +68,8 @@ def test_dry_run_of_a_512_node_job_takes_under_a_second_and_abbreviates_the_prin
     from jobs.app import finalize
     from cluster.plan import make_plan
 
-    cfg = finalize(compose("cluster=slurm", "cluster.nodes=512", "cluster.gpus_per_node=8", "trainer=deepspeed",
-                           "dry_run=true"))
+    cfg = finalize(compose("cluster=slurm", "cluster.nodes=512", "cluster.gpus_per_node=8", "cluster.tasks_per_node=8",
+                           "trainer=deepspeed", "dry_run=true"))
     plan = make_plan(cfg)
     out = io.StringIO()
     start = time.perf_counter()
@@ -92,7 +92,8 @@ from configs.schema import register
 register()
 with initialize_config_module("configs", version_base="1.3"):
     cfg = compose("config", overrides=["cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=4",
-                                       "trainer=deepspeed", "dry_run=true", "cluster.runs_dir={tmp_path}"])
+                                       "cluster.tasks_per_node=4", "trainer=deepspeed", "dry_run=true",
+                                       "cluster.runs_dir={tmp_path}"])
 from jobs.app import launch
 from jobs import verbs
 rc = launch(cfg)

@@ -30,12 +30,14 @@ HOSTILE = "it's \"quoted\" $(touch /tmp/pwned-zr) `id` $HOME\nline two\ttab √ºn√
 GOLDEN_PLANS = {
     "cpu_1node": ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1",
                   "cluster.partition=debug", "cluster.mem=1G", "cluster.time_min=30", "trainer=default"),
-    "deepspeed_2x4": ("cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=4", "trainer=deepspeed",
+    "deepspeed_2x4": ("cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=4", "cluster.tasks_per_node=4",
+                      "cluster.cpus_per_task=8", "trainer=deepspeed",
                       "cluster.partition=gpu", "cluster.account=proj", "cluster.mem=64G", "cluster.signal=USR1",
                       "cluster.signal_delay_s=300", "cluster.exclusive=true",
                       "cluster.setup=[module load cuda/12.1,source /opt/venv/bin/activate]",
                       "cluster.env_passthrough=[HF_TOKEN,WANDB_API_KEY]"),
-    "offload_1x8": ("cluster=slurm", "cluster.gpus_per_node=8", "trainer=deepspeed_offload", "cluster.qos=high",
+    "offload_1x8": ("cluster=slurm", "cluster.gpus_per_node=8", "cluster.tasks_per_node=8", "cluster.cpus_per_task=8",
+                    "trainer=deepspeed_offload", "cluster.qos=high",
                     "cluster.constraint=a100", "cluster.master_port=29500", "cluster.requeue=false",
                     "cluster.srun_args=['--cpu-bind=none']", "+cluster.sbatch_extra.mail_type=END",
                     "+cluster.sbatch_extra.mail_user=me@example.org"),
@@ -293,8 +295,8 @@ def test_preflight_passes_a_good_plan_and_cpu_rehearsal(compose):
 
 
 def test_no_partition_uses_the_default_and_a_big_gpu_cluster_passes(compose):
-    plan = plan_of(compose, "cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=8", "trainer=deepspeed",
-                   "cluster.partition=gpu", "cluster.mem=200G", "cluster.cpus_per_task=8")
+    plan = plan_of(compose, "cluster=slurm", "cluster.nodes=2", "cluster.gpus_per_node=8", "cluster.tasks_per_node=8",
+                   "trainer=deepspeed", "cluster.partition=gpu", "cluster.mem=200G", "cluster.cpus_per_task=8")
     assert preflight.check(plan, preflight.parse_sinfo(GPU_SINFO)).ok
     assert not preflight.check(dataclasses.replace(plan, mem="300G"), preflight.parse_sinfo(GPU_SINFO)).ok
 

@@ -127,7 +127,7 @@ class AtomicCheckpoint(pl.Callback):
             self.store.clear_stale()
             self.store.tmp_dir(step).mkdir(parents=True, exist_ok=True)
         strategy.barrier("zerorun_ckpt_begin")
-        trainer.save_checkpoint(self.store.tmp_dir(step) / "ckpt")
+        trainer.save_checkpoint(self.store.tmp_dir(step) / "ckpt", weights_only=False)  # resuming needs it all
         strategy.barrier("zerorun_ckpt_written")
         final = self.store.step_dir(step)
         if strategy.is_global_zero:

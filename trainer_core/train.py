@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from trainer_core import attempts, layout
+from trainer_core import attempts, console, layout
 from trainer_core.signals import StopSignals
 from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config, write_text_atomic
 from trainer_core.contract import Rendezvous, free_port, single_process
@@ -55,6 +55,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     from trainer_core.models import build_model
     from trainer_core.tasks import build_task, load_task
 
+    console.quiet()
     run_dir = Path(cfg.run_dir)
     rendezvous = rendezvous or single_process(port=free_port())
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_task)))
@@ -129,7 +130,8 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         deterministic=t.deterministic,
         # every attempt of a run continues the same logger run (version 0), from the step it resumes at
         logger=build_logger(t.logger, run_dir, resumed_step),
-        callbacks=[checkpoint, stopper, RNGStates()],
+        callbacks=[checkpoint, stopper, RNGStates(),
+                   *console.progress_bars(t.enable_progress_bar and rendezvous.rank == 0)],
         enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
         enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
         enable_model_summary=rendezvous.rank == 0,
