@@ -81,13 +81,13 @@ def bench_big_dry_run(runs: Path) -> None:
 
     register()
     with initialize_config_module("configs", version_base="1.3"):
-        cfg = finalize(compose("config", overrides=["cluster=slurm", "cluster.nodes=512", "cluster.gpus_per_node=8",
+        cfg = finalize(compose("config", overrides=["cluster=slurm", "cluster.nodes=512", "cluster.gpus_per_node=8", "cluster.tasks_per_node=8",
                                                     "trainer=deepspeed", "dry_run=true", f"cluster.runs_dir={runs}"]))
     start = time.perf_counter()
     rc = dry_run(cfg, make_plan(cfg), out=io.StringIO(), err=io.StringIO(),
                  facts=preflight.ClusterFacts(error="not asked"))
     print(f"dry run 512x8 in process   {time.perf_counter() - start:.3f} s (render + 4096-row table + write), rc={rc}")
-    argv = [PY, "train.py", "cluster=slurm", "cluster.nodes=512", "cluster.gpus_per_node=8", "trainer=deepspeed",
+    argv = [PY, "train.py", "cluster=slurm", "cluster.nodes=512", "cluster.gpus_per_node=8", "cluster.tasks_per_node=8", "trainer=deepspeed",
             "dry_run=true", f"cluster.runs_dir={runs}"]
     t, proc = wall(argv, 1)
     print(f"dry run 512x8 (CLI)        {t:.3f} s wall, rc={proc.returncode} (2 = the local cluster has 2 nodes)")
