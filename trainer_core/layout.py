@@ -75,3 +75,14 @@ def local_rank_log(rank: int) -> str:
 
 def rank_report(rank: int) -> str:
     return f"{RANK_REPORTS}/rank-{rank}.json"
+
+
+def logs_by_rank(run_dir: PathLike, pattern: str, sep: str) -> dict[int, Path]:
+    """rank -> log file, for the logs in RUN_DIR/logs matching the glob `pattern` whose stem ends in
+    `sep` + the rank ("123_4.out" with sep "_", "rank-4.log" with sep "-")."""
+    found = {}
+    for p in Path(run_dir, LOGS).glob(pattern):
+        rank = p.stem.rpartition(sep)[2]
+        if rank.isdigit():
+            found[int(rank)] = p
+    return dict(sorted(found.items()))

@@ -114,12 +114,7 @@ class LocalBackend:
                          "checkpoints and can be continued with resume=RUN_DIR")
 
     def rank_logs(self, run_dir: Path, job_id: Optional[str]) -> dict[int, Path]:
-        found = {}
-        for p in (run_dir / layout.LOGS).glob(layout.LOCAL_RANK_LOG.format(rank="*")):
-            rank = p.stem.rpartition("-")[2]
-            if rank.isdigit():
-                found[int(rank)] = p
-        return dict(sorted(found.items()))
+        return layout.logs_by_rank(run_dir, layout.LOCAL_RANK_LOG.format(rank="*"), "-")
 
     def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
         return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node)

@@ -57,13 +57,7 @@ class SlurmBackend:
                 head, _, rank = p.stem.rpartition("_")
                 if rank.isdigit() and head.isdigit():
                     job_id = head
-        if job_id is None:
-            return found
-        for p in (run_dir / layout.LOGS).glob(f"{job_id}_*.out"):
-            rank = p.stem.rpartition("_")[2]
-            if rank.isdigit():
-                found[int(rank)] = p
-        return dict(sorted(found.items()))
+        return layout.logs_by_rank(run_dir, f"{job_id}_*.out", "_") if job_id is not None else found
 
     def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
         return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node)
