@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Mapping, Optional, Sequence
 
-from trainer_core.contract import DEFAULT_SIGNAL, SIGNAL_ENV
+from trainer_core.contract import DEFAULT_SIGNAL, RUN_DIR_ENV, SIGNAL_ENV
 from trainer_core.signals import StopSignals
 
 # First thing, before the config is read: a stop asked for during start-up is kept, not fatal.
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     attempts.append(run_dir, "rank_start", rank=contract.rank, node=contract.node, job_id=contract.job_id,
                     restart_count=contract.restart_count, world_size=contract.world_size, pid=os.getpid())
     os.environ.update(contract.env())
+    os.environ[RUN_DIR_ENV] = os.path.abspath(run_dir)
 
     from trainer_core.train import fit
 

@@ -193,3 +193,19 @@ def test_the_default_job_signal_is_usr2(compose):
     cfg = compose()
     assert cfg.cluster.signal == "USR2"
     assert not [p for p in config_problems(cfg) if p.startswith("cluster.signal=")]
+
+
+def test_a_job_that_ran_no_rank_is_an_attempt_of_its_own_with_its_failure():
+    events = [{"event": "rank_start", "rank": 0, "job_id": "5"}, {"event": "start", "job_id": "5"},
+              {"event": "end", "status": "completed", "step": 10},
+              {"event": "failed", "job_id": "6", "reason": "1 of 1 ranks never started (rank 0)", "exit_code": 1}]
+    runs = attempts.attempts(events)
+    assert [(a.job_id, a.end, a.failure) for a in runs] == [
+        ("5", "completed", None), ("6", None, "1 of 1 ranks never started (rank 0)")]
+
+
+def test_a_rank_failure_belongs_to_the_attempt_it_ended():
+    events = [{"event": "rank_start", "rank": 0, "job_id": "5"}, {"event": "start", "job_id": "5"},
+              {"event": "failed", "job_id": "5", "reason": "a rank failed (exit status 1)", "exit_code": 1}]
+    (only,) = attempts.attempts(events)
+    assert only.failure == "a rank failed (exit status 1)" and only.exit_code == 1

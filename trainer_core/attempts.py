@@ -78,6 +78,11 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
             out[-1].resumed_from_step = e.get("resumed_from_step")
             out[-1].world_size = e.get("world_size", out[-1].world_size)
             opened_by = None
+        elif kind == "failed" and (not out or out[-1].job_id != ident[0] or out[-1].end or out[-1].failure):
+            # no rank of this job started: the batch host's record is all the attempt has
+            out.append(Attempt(len(out) + 1, ident[0], None, ident[1], failure=e.get("reason"),
+                               exit_code=e.get("exit_code")))
+            opened_by = None
         elif out:
             a = out[-1]
             if kind == "signal":
