@@ -14,6 +14,7 @@ of optimizer step k+1 is logged at step k, so an attempt resumed from the checkp
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +22,8 @@ from typing import Any, Optional
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
+
+from trainer_core.durable import write_atomic
 
 # the fixed logger run of every run folder: run_dir/<name>/version_0
 VERSION = 0
@@ -72,12 +75,11 @@ class _ContinuedWriter(ExperimentWriter):
         if not keys:
             path.unlink()
             return
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+        write_atomic(path, text.getvalue(), mode=0o644)
         self.metrics_keys = keys
 
 

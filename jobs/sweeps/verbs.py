@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, TextIO
 
+from cluster.backends import get_backend
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps import report as report_
 from jobs.sweeps.record import RecordError, SweepRecord
@@ -135,7 +136,7 @@ def cancel(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     record = _load(args.sweep_dir, err)
     if record is None:
         return 1
-    if record.backend == "local":
+    if get_backend(record.backend).runs_in_foreground:
         err.write("zerorun: a cluster=local sweep runs in its own terminal; stop it there with Ctrl-C\n")
         return 1
     from cluster.slurm import SlurmError, scancel
