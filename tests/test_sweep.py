@@ -268,7 +268,8 @@ def test_a_dry_runs_folders_are_owner_only_as_a_run_folder(tmp_path, backend):
 def test_hostile_folder_names_reach_the_array_task_exactly(tmp_path):
     import shlex
 
-    runs = tmp_path / "it's \"q\" $(touch /tmp/pwned-zr-sweep) `id` ünï 100%j"
+    # no '%': Slurm 22.05 cannot carry it into srun's --output, so preflight refuses it (test below)
+    runs = tmp_path / "it's \"q\" $(touch /tmp/pwned-zr-sweep) `id` ünï 100j"
     quoted = "'" + str(runs).replace("\\", "\\\\").replace("'", "\\'") + "'"  # as typed for Hydra
     built = build(quoted, *CPU_SLURM, "seed=1,2", "dry_run=true")
     assert built.sweep_dir.startswith(str(runs))
@@ -284,6 +285,14 @@ def test_hostile_folder_names_reach_the_array_task_exactly(tmp_path):
     index = json.loads((files / "arrays/s00-a000.index.json").read_text())
     assert index["run_dirs"] == [f"{built.sweep_dir}/0", f"{built.sweep_dir}/1"]
     assert not Path("/tmp/pwned-zr-sweep").exists()
+
+
+def test_a_percent_in_the_sweep_folder_is_refused_before_anything_is_written(tmp_path):
+    built = build(f"'{tmp_path}/runs%j'", *CPU_SLURM, "seed=1,2", "dry_run=true")
+    err = io.StringIO()
+    assert dryrun.dry_run(built, io.StringIO(), err, facts=NO_CLUSTER, limits=LIMITS) == 2
+    assert "holds a '%'" in err.getvalue() and "without %" in err.getvalue()
+    assert not (Path(built.sweep_dir) / dryrun.DRY_RUN_DIR).exists()
 
 
 def test_a_1000_member_dry_run_through_the_cli_takes_under_2s(tmp_path):
@@ -358,15 +367,15 @@ def test_a_local_sweep_runs_every_member_here_and_records_it(tmp_path):
     tiny = shrink("trainer.max_steps=6", "trainer.val_check_interval=6", "dataset.max_val_samples=8",
                   "dataset.synthetic_train_size=300", "task.log_samples=0")
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "-m", f"cluster.runs_dir={runs}", *tiny,
-                           "sweep.parallelism=2", "optimizer.lr=1e-3,-1.0"],
+                           "sweep.parallelism=2", "backbone.model_type=t5,t6"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, f"one member fails, so the sweep does:\n{proc.stdout}\n{proc.stderr}"
     sweep_dir = next(runs.glob("*/sweep-*"))
     record = sweep_record.load(sweep_dir)
     assert [(m.overrides, m.state) for m in record.members] == [
-        (["optimizer.lr=0.001"], "COMPLETED"), (["optimizer.lr=-1.0"], "FAILED")]
+        (["backbone.model_type=t5"], "COMPLETED"), (["backbone.model_type=t6"], "FAILED")]
     assert record.members[0].metrics and record.members[0].metrics["global_step"] == 6
-    assert "Invalid learning rate" in (sweep_dir / "1" / local.LOCAL_LOG).read_text()
+    assert "is not a transformers model type" in (sweep_dir / "1" / local.LOCAL_LOG).read_text()
     out = io.StringIO()
     from jobs.sweeps.verbs import status
 

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Mapping, Optional, Protocol, TextIO, runtime_c
 from trainer_core.contract import Rendezvous
 
 if TYPE_CHECKING:  # type names only: importing these modules costs nothing at run time here
+    # (cluster/preflight.py's ClusterFacts and Preflight are named as strings only: preflight looks backends up)
     from cluster.plan import JobPlan
-    from cluster.preflight import ClusterFacts, Preflight
     from cluster.render import RankRow, RenderContext
     from cluster.requeue import JobClock
     from cluster.slurm import JobState

@@ -31,7 +31,9 @@ class SweepError(ValueError):
 def sweep_id(arguments: Sequence[str]) -> str:
     """A short hash of the command line's overrides, order-insensitive, leaving out ID_NEUTRAL_KEYS."""
     kept = sorted(a for a in arguments if a.lstrip("+~").split("=", 1)[0] not in ID_NEUTRAL_KEYS)
-    return hashlib.sha256("\n".join(kept).encode()).hexdigest()[:SWEEP_ID_LEN]
+    digest = hashlib.sha256("\n".join(kept).encode()).hexdigest()[:SWEEP_ID_LEN]
+    # never a number to a YAML or override parser ("29e7043048" reads as a float, inf): start with a letter
+    return "abcdef"[int(digest[0], 16) % 6] + digest[1:]
 
 
 def expand(config: Any, config_loader: Any, arguments: list[str]) -> list[list[str]]:
