@@ -4,10 +4,11 @@ preempted by a job in the `high` partition (requeued alone, resumed from its che
 resubmitted with the failed one; the record, status and report; crashes of the submitter simulated at both
 dangerous moments; and the dry run against the cluster.
 
-The grid: trainer.max_steps=40,80 x scheduler.warmup_steps=2,4,50, one member at a time (sweep.parallelism=1:
+The grid: trainer.max_steps=40,80 x scheduler.warmup_steps=2,4,6, one member at a time (sweep.parallelism=1:
 two 2-node members of one CPU per rank share the two nodes, and a job taking the nodes would preempt both).
-A warm-up of 50 steps passes every check before submission but does not fit in 40 steps: member 2 fails in the
-scheduler, at run time, and only it.
+Member 2 (40 steps, warm-up 6) fails in its ranks, at run time, and only it: every bad value that a check can
+see is refused before submission now, so the failure is injected for real through a test-only sitecustomize on
+the members' PYTHONPATH that raises in the rank for that one combination.
 
 Note: the preemption tests of trainer_core also put `high` jobs on every node; if one runs at the same time, a
 member here may be requeued by it as well.
@@ -20,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -39,14 +41,44 @@ NODES2 = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1"
 TINY = ("trainer.val_check_interval=20", "trainer.log_every_n_steps=5", "trainer.logger=csv",
         "trainer.enable_progress_bar=false", "dataset.max_val_samples=8", "dataset.synthetic_train_size=300",
         "task.log_samples=0")
-GRID = ("trainer.max_steps=40,80", "scheduler.warmup_steps=2,4,50")
+GRID = ("trainer.max_steps=40,80", "scheduler.warmup_steps=2,4,6")
+INJECTED = "zr-test: injected failure of member 2 (max_steps 40, warm-up 6)"
 FAILING, PREEMPTED, CANCELLED = 2, 3, 5
 FINAL = sweep_record.RESUBMITTABLE | {"COMPLETED"}
 
 
+def failing_member_injector(where: Path) -> Path:
+    """A sitecustomize for the ranks: the member with trainer.max_steps=40 and scheduler.warmup_steps=6 raises
+    at start-up (before training) with INJECTED; every other member runs untouched."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "sitecustomize.py").write_text(f"""
+import sys
+class _Hook:
+    def find_spec(self, name, path=None, target=None):
+        if name != "trainer_core.train":
+            return None
+        sys.meta_path.remove(self)
+        from trainer_core import checkpoint_store
+        original = checkpoint_store.model_config
+        def model_config(cfg):
+            if int(cfg.trainer.max_steps) == 40 and int(cfg.scheduler.warmup_steps) == 6:
+                raise RuntimeError({INJECTED!r})
+            return original(cfg)
+        checkpoint_store.model_config = model_config
+        return None
+sys.meta_path.insert(0, _Hook())
+""")
+    return where
+
+
+INJECTOR = failing_member_injector(Path(tempfile.mkdtemp(prefix="zr-sweep-inject-")))
+
+
 def zerorun(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    # the members inherit PYTHONPATH (sbatch --export names it): the injector reaches their ranks
+    pythonpath = os.pathsep.join(p for p in (str(INJECTOR), os.environ.get("PYTHONPATH", "")) if p)
     return subprocess.run([sys.executable, "-m", "jobs.cli", *args], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})})
 
 
 def sweep_dir_of(runs: Path) -> Path:
@@ -149,7 +181,7 @@ def test_the_record_holds_every_member_with_its_overrides_state_and_metrics(grid
     record = sweep_record.load(grid["sweep_dir"])  # what the fixture's refresh saved is on disk too
     assert record.params == ["trainer.max_steps", "scheduler.warmup_steps"]
     assert [m.overrides for m in record.members] == [
-        [f"trainer.max_steps={s}", f"scheduler.warmup_steps={w}"] for s in (40, 80) for w in (2, 4, 50)]
+        [f"trainer.max_steps={s}", f"scheduler.warmup_steps={w}"] for s in (40, 80) for w in (2, 4, 6)]
     final = grid["final"]
     states = {m.num: m.state for m in final.members}
     assert states == {0: "COMPLETED", 1: "COMPLETED", 2: "FAILED", 3: "COMPLETED", 4: "COMPLETED", 5: "CANCELLED"}
@@ -167,7 +199,7 @@ def test_status_says_failed_for_the_failing_member_only(grid):
             if line.split() and line.split()[0].isdigit() and "trainer.max_steps=" in line}
     assert sorted(rows) == ["0", "1", "2", "3", "4", "5"]
     assert [n for n, row in rows.items() if " FAILED " in row] == ["2"]
-    assert "warm-up of 50 steps does not fit in trainer.max_steps=40" in rows["2"]
+    assert INJECTED in rows["2"]
     assert " CANCELLED " in rows["5"] and " COMPLETED " in rows["3"]
     assert "best so far (min val_loss): member" in proc.stdout
 
