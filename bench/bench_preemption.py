@@ -8,7 +8,7 @@ Figures (a 2-node DDP run of the tiny T5 on CPU ranks, 1 task per node, for the 
   trigger -> signal        the preempting `sbatch -p high` (or `scancel --signal=USR2`) until rank 0's handler
                            recorded the job's signal: Slurm's delivery
   signal -> checkpointed   until every rank has written and rank 0 has committed the checkpoint
-  signal -> requeued       until `scontrol requeue` returned on rank 0 (after every rank finished its reports)
+  signal -> requeued       until `scontrol requeue` returned on the batch host (after every rank exited)
   requeue -> first step    until the next attempt's first optimizer step, split into Slurm (the batch script starts
                            again: the requeue hold-off, and the preempting job's run), start-up (the rank's "start"
                            record: interpreter, imports, data, model) and the rest (process group, checkpoint load)

@@ -51,10 +51,10 @@ def _setup(steps: int, runs: str):
 def bench_lightning(steps: int, warmup: int) -> float:
     import pytorch_lightning as pl
 
-    from cluster.rendezvous import single_process
     from trainer_core.checkpointing import CheckpointMeta, CheckpointStore
+    from trainer_core.contract import free_port, single_process
     from trainer_core.tasks import build_task
-    from trainer_core.train import _free_port, build_trainer
+    from trainer_core.train import build_trainer
 
     with tempfile.TemporaryDirectory() as runs:
         cfg, raw, tok, build_model, build_datamodule = _setup(steps, runs)
@@ -68,7 +68,7 @@ def bench_lightning(steps: int, warmup: int) -> float:
             def on_train_batch_end(self, *a, **k):  # type: ignore[no-untyped-def]
                 stamps.append(time.perf_counter())
 
-        rdv = single_process(_free_port())
+        rdv = single_process(free_port())
         store = CheckpointStore(cfg.run_dir)
         trainer, _ = build_trainer(cfg, rdv, Path(cfg.run_dir), store, CheckpointMeta(0, "auto", 1, "bench"))
         trainer.callbacks.append(Clock())

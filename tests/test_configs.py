@@ -12,7 +12,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
-from cluster.rendezvous import single_process
+from trainer_core.contract import single_process
 from configs.validate import ConfigError, check_config
 from conftest import REPO
 

@@ -36,7 +36,7 @@ def test_train_and_resume_on_gpus(compose, tmp_path, trainer):
 def test_stock_deepspeed_strategy_and_bf16_on_cuda(compose):
     from pytorch_lightning.strategies import DeepSpeedStrategy
 
-    from cluster.rendezvous import single_process
+    from trainer_core.contract import single_process
     from trainer_core.strategies import CPURehearsalDeepSpeedStrategy, build_placement
 
     placement = build_placement(compose("trainer=deepspeed", "cluster.gpus_per_node=1"), single_process(29500))
