@@ -81,21 +81,24 @@ def read_run_folder(run_dir: str) -> tuple[Optional[dict], Optional[str], Option
     """(final metrics, latest checkpoint, step, attempts) of a member's run folder."""
     from trainer_core import attempts
 
+    from trainer_core import layout
+    from trainer_core.checkpoint_store import STEP_DIR, CheckpointError, CheckpointStore
+
     folder = Path(run_dir)
     try:
-        metrics = json.loads((folder / "metrics.json").read_text())
+        metrics = json.loads((folder / layout.METRICS).read_text())
     except (OSError, ValueError):
         metrics = None
     step = None
+    checkpoint: Optional[str] = None
     try:
-        # trainer_core/checkpointing.py: checkpoints/latest names the newest complete step-NNNNNNNN folder
-        latest = (folder / "checkpoints" / "latest").read_text().strip()
-        checkpoint: Optional[str] = str(folder / "checkpoints" / latest)
-        step = int(latest.rsplit("-", 1)[-1])
-    except (OSError, ValueError):
-        checkpoint = None
+        latest = CheckpointStore(folder).latest()  # the newest complete checkpoint, as a resume would pick it
+    except (CheckpointError, OSError):
+        latest = None
+    if latest is not None:
+        checkpoint, step = str(latest), int(STEP_DIR.match(latest.name).group(1))  # type: ignore[union-attr]
     events = attempts.read(folder)
-    starts = sum(e.get("event") == "start" for e in events)
+    starts = len(attempts.attempts(events))
     steps = [e["step"] for e in events if isinstance(e.get("step"), int)]
     if steps:
         step = max(step or 0, max(steps))
