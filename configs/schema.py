@@ -162,6 +162,10 @@ class TrainerConfig:
     limit_val_batches: Optional[int] = None
     log_every_n_steps: int = 10
     accumulate_grad_batches: int = 1
+    # a run resumed on another number of ranks keeps its "global" batch (ranks x dataset.batch_size x
+    # accumulation; accumulate_grad_batches is recomputed, refused where it cannot divide), or "per_rank":
+    # dataset.batch_size and accumulate_grad_batches as configured, so the global batch follows the ranks
+    keep_batch: str = "global"
     gradient_clip_val: Optional[float] = 1.0
     deterministic: bool = False
     # "tensorboard" or "csv"

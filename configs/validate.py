@@ -125,6 +125,7 @@ def _optimization_problems(cfg: Any) -> list[str]:
     _at_least(p, "trainer.val_check_interval", t.val_check_interval, 1, "validation runs every N steps")
     _at_least(p, "trainer.log_every_n_steps", t.log_every_n_steps, 1, "metrics are logged every N steps")
     _at_least(p, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, 1, "1 accumulates nothing")
+    _choice(p, "trainer.keep_batch", t.get("keep_batch", "global"), ("global", "per_rank"))
     _at_least(p, "trainer.limit_val_batches", t.limit_val_batches, 0, "null validates on every batch")
     if t.gradient_clip_val is not None and t.gradient_clip_val <= 0:
         p.append(f"trainer.gradient_clip_val={t.gradient_clip_val}: must be positive, or null to clip nothing")

@@ -101,6 +101,7 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
 
     run_dir = os.path.abspath(resume_dir)
     cfg = load_config(run_dir)
+    followed = _trainer_follows_geometry(cfg)
     for o in OverridesParser.create().parse_overrides(overrides):
         key = o.key_or_group
         if key in ("resume", "run_dir") or key.startswith("hydra"):
@@ -111,6 +112,11 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
                 f"'{o.input_line}' (override single keys instead, e.g. trainer.max_steps=...)"
             )
         OmegaConf.update(cfg, key, o.value(), merge=False)
+        followed.discard(key)
+    # The saved config holds the trainer's geometry resolved; where it followed the cluster's, it follows the
+    # new one (a resume on another number of ranks: resume=RUN_DIR cluster.nodes=K)
+    for key in followed:
+        OmegaConf.update(cfg, key, OmegaConf.select(cfg, _GEOMETRY[key]), merge=False)
     cfg.run_dir = run_dir
     cfg.resume = run_dir
     live = live_job(run_dir)
@@ -120,11 +126,21 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
     return cfg
 
 
+# the trainer's keys that follow the cluster geometry unless set by hand (configs/schema.py)
+_GEOMETRY = {"trainer.devices": "cluster.tasks_per_node", "trainer.num_nodes": "cluster.nodes"}
+
+
+def _trainer_follows_geometry(cfg: DictConfig) -> set[str]:
+    return {k for k, c in _GEOMETRY.items() if OmegaConf.select(cfg, k) == OmegaConf.select(cfg, c)}
+
+
 def check_resumable(cfg: DictConfig) -> None:
     """Refuse resume=RUN_DIR before anything is written when the folder holds no checkpoint this config can
     load: none at all, a `latest` that names no complete checkpoint, or one written for another model,
-    strategy or number of ZeRO ranks. The message names what was found."""
-    from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config
+    strategy, a number of ZeRO ranks it cannot be re-partitioned for, or a global batch
+    the new number of ranks cannot divide. The message names what was found and the fix."""
+    from trainer_core.checkpoint_store import (CheckpointError, CheckpointMeta, CheckpointStore, model_config,
+                                               resumed_accumulation)
 
     store = CheckpointStore(cfg.run_dir)
     latest = store.latest()  # CheckpointError names a corrupt pointer
@@ -140,3 +156,8 @@ def check_resumable(cfg: DictConfig) -> None:
     why = found.mismatch(this_run)
     if why:
         raise CheckpointError(f"resume={cfg.run_dir}: cannot resume from {latest} (step {found.step}): {why}")
+    try:  # on another number of ranks: the global batch must divide over them (or keep_batch=per_rank)
+        resumed_accumulation(found, this_run.world_size, int(cfg.dataset.batch_size),
+                             int(cfg.trainer.accumulate_grad_batches), str(cfg.trainer.get("keep_batch", "global")))
+    except CheckpointError as e:
+        raise CheckpointError(f"resume={cfg.run_dir}: cannot resume from {latest} (step {found.step}): {e}") from None

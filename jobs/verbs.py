@@ -183,7 +183,8 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         runs = attempts.attempts(attempts.read(targets[0].run_dir))
         if runs:
             out.write("\n")
-            _print_table(("ATTEMPT", "JOB", "RESUMED FROM", "SIGNAL", "CHECKPOINT", "OUTCOME"),
+            _print_table(("ATTEMPT", "JOB", "RANKS", "GLOBAL BATCH", "RESUMED FROM", "SIGNAL", "CHECKPOINT",
+                          "OUTCOME"),
                          [_attempt_row(a) for a in runs], out)
     return 0
 
@@ -208,7 +209,11 @@ def _attempt_row(a: attempts.Attempt) -> list[str]:
         outcome = f"{a.end} at step {a.end_step}"
     else:
         outcome = "running, or ended without a record (killed)"
-    return [str(a.number), a.job_id, "-" if a.resumed_from_step is None else str(a.resumed_from_step),
+    batch = "-" if a.global_batch is None else str(a.global_batch)
+    if a.accumulate_grad_batches and a.accumulate_grad_batches > 1:
+        batch += f" ({a.accumulate_grad_batches} accumulated)"
+    return [str(a.number), a.job_id, "-" if a.world_size is None else str(a.world_size), batch,
+            "-" if a.resumed_from_step is None else str(a.resumed_from_step),
             ", ".join(a.signals) or "-", "-" if a.checkpoint_step is None else str(a.checkpoint_step), outcome]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO
-from trainer_core.checkpoint_store import CheckpointMeta, CheckpointStore
+from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, resumed_accumulation
 
 SHARDS = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_optim_states.pt", "zero_pp_rank_1_optim_states.pt")
 
@@ -217,9 +217,38 @@ def test_a_commit_killed_at_any_moment_leaves_latest_whole_and_the_next_save_win
 # ---- what a resume refuses ----
 
 @pytest.mark.parametrize("strategy", ["ddp", "deepspeed", "auto"])
-def test_a_resume_on_another_number_of_ranks_is_refused_for_every_strategy(strategy):
+def test_a_resume_on_another_number_of_ranks_is_not_refused_for_the_world_size_alone(strategy):
+    """DDP and a single device write the whole state, ZeRO shards are re-partitioned (trainer_core/zero_resize),
+    the data position is global; what can refuse it is the batch (below) or another model."""
     written = CheckpointMeta(step=40, strategy=strategy, world_size=2, model="M/1")
-    why = written.mismatch(CheckpointMeta(step=0, strategy=strategy, world_size=4, model="M/1"))
-    assert why and "for 2 ranks, this run has 4" in why, why
-    assert "resume with the same cluster.nodes x cluster.tasks_per_node = 2 ranks" in why
-    assert written.mismatch(CheckpointMeta(step=0, strategy=strategy, world_size=2, model="M/1")) is None
+    for ranks in (1, 2, 4):
+        assert written.mismatch(CheckpointMeta(step=0, strategy=strategy, world_size=ranks, model="M/1")) is None
+    assert "this run builds 'M/2'" in written.mismatch(CheckpointMeta(step=0, strategy=strategy, world_size=4,
+                                                                      model="M/2"))
+
+
+@pytest.mark.parametrize("written,ranks,rows,keep,expected", [
+    ((2, 32, 1), 1, 32, "global", 2),   # 64 rows a step: 1 rank accumulates 2 batches
+    ((1, 32, 2), 2, 32, "global", 1),
+    ((2, 16, 3), 4, 8, "global", 3),    # 96 = 4 x 8 x 3
+    ((2, 32, 1), 2, 32, "global", 5),   # the same number of ranks: the configured accumulation
+    ((2, 32, 1), 1, 32, "per_rank", 5),
+])
+def test_the_global_batch_is_kept_across_sizes_by_accumulation(written, ranks, rows, keep, expected):
+    world, b, acc = written
+    found = CheckpointMeta(step=4, strategy="ddp", world_size=world, model="M/1", micro_batch_size=b,
+                           accumulate_grad_batches=acc)
+    assert resumed_accumulation(found, ranks, rows, 5, keep) == expected
+
+
+def test_a_global_batch_that_does_not_divide_is_refused_naming_the_fix():
+    found = CheckpointMeta(step=4, strategy="ddp", world_size=2, model="M/1", micro_batch_size=32,
+                           accumulate_grad_batches=1)
+    with pytest.raises(CheckpointError) as e:
+        resumed_accumulation(found, 3, 32, 1, "global")
+    msg = str(e.value)
+    assert "global batch of 64 rows (2 ranks x 32 rows x 1 accumulated) cannot be kept on 3 ranks" in msg, msg
+    assert "(with 32 rows per rank: 1, 2)" in msg and "trainer.keep_batch=per_rank" in msg, msg
+    # older checkpoints, which did not record the batch: the run's config says what it was
+    older = CheckpointMeta(step=4, strategy="ddp", world_size=2, model="M/1")
+    assert resumed_accumulation(older, 1, 32, 1, "global") == 2

@@ -227,13 +227,14 @@ def test_resume_refuses_a_corrupt_latest_pointer(finished_run):
 @pytest.mark.parametrize("override,found", [
     ("backbone.model_config.d_model=32", "a model configured otherwise (backbone.model_config.d_model: 64 -> 32;"),
     ("trainer.strategy.name=deepspeed", "written by strategy 'ddp', this run uses 'deepspeed'"),
-    # DDP too: the sampler's position is counted per rank
-    ("cluster.tasks_per_node=1", "data sampler position is for 2 ranks, this run has 1; resume with the same "
-                                 "cluster.nodes x cluster.tasks_per_node = 2 ranks"),
-], ids=["other-model", "other-strategy", "other-world-size"])
+    # another number of ranks resumes where the global batch divides over them (tests/test_resize_local.py)
+    ("cluster.tasks_per_node=3", "the global batch of 64 rows (2 ranks x 32 rows x 1 accumulated) cannot be kept "
+                                 "on 3 ranks x dataset.batch_size=32"),
+    ("backbone.model_config.d_model=32 cluster.tasks_per_node=1", "a model configured otherwise"),
+], ids=["other-model", "other-strategy", "batch-not-divisible", "other-model-and-size"])
 def test_resume_refuses_a_checkpoint_of_another_model_or_strategy(finished_run, override, found):
     before = _snapshot(finished_run)
-    err = _refused(f"resume={finished_run}", override)
+    err = _refused(f"resume={finished_run}", *override.split())
     assert found in err and "cannot resume from" in err, err
     assert _snapshot(finished_run) == before
 

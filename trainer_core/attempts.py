@@ -55,6 +55,9 @@ class Attempt:
     end_step: Optional[int] = None
     exit_code: Optional[int] = None
     world_size: Optional[int] = None
+    # rows per optimizer step over all ranks (kept across a change of world_size unless trainer.keep_batch=per_rank)
+    global_batch: Optional[int] = None
+    accumulate_grad_batches: Optional[int] = None
     # the stop's signal event (signal, at, step), when a signal stopped this attempt
     stop: Optional[dict[str, Any]] = None
     # why the batch host recorded this attempt as failed
@@ -77,6 +80,8 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
                 out.append(Attempt(len(out) + 1, ident[0], None, ident[1]))
             out[-1].resumed_from_step = e.get("resumed_from_step")
             out[-1].world_size = e.get("world_size", out[-1].world_size)
+            out[-1].global_batch = e.get("global_batch")
+            out[-1].accumulate_grad_batches = e.get("accumulate_grad_batches")
             opened_by = None
         elif kind == "failed" and (not out or out[-1].job_id != ident[0] or out[-1].end or out[-1].failure):
             # no rank of this job started: the batch host's record is all the attempt has

@@ -57,6 +57,10 @@ class CheckpointMeta:
     model_config: dict[str, Any] = field(default_factory=dict)
     # the tokenizer's fingerprint (trainer_core.data.tokenizer.tokenizer_fingerprint); "" if unknown
     tokenizer: str = ""
+    # rows per rank per micro-batch and micro-batches per optimizer step; 0 if unknown (older checkpoints).
+    # With world_size they give the global batch a resume on another number of ranks keeps.
+    micro_batch_size: int = 0
+    accumulate_grad_batches: int = 0
 
     @classmethod
     def from_json(cls, text: str) -> "CheckpointMeta":
@@ -83,15 +87,41 @@ class CheckpointMeta:
                 f"it was written by strategy {self.strategy!r}, this run uses {other.strategy!r}; "
                 "resume with the trainer it was written with"
             )
-        if self.world_size != other.world_size:
-            # ZeRO shards are cut per rank; any strategy's data sampler position is counted per rank too (a
-            # resume on another number of ranks would silently move it), until resuming across sizes exists
-            held = "ZeRO shards are" if self.strategy == "deepspeed" else "data sampler position is"
-            return (
-                f"its {held} for {self.world_size} ranks, this run has {other.world_size}; resume with "
-                f"the same cluster.nodes x cluster.tasks_per_node = {self.world_size} ranks it was written with"
-            )
+        # Another number of ranks is not refused here: DDP and single-device checkpoints hold the whole state,
+        # ZeRO shards are re-partitioned (trainer_core/zero_resize.py), the data position is global; the global
+        # batch must divide over the new ranks (resumed_accumulation).
         return None
+
+
+KEEP_BATCH = ("global", "per_rank")
+
+
+def resumed_accumulation(found: CheckpointMeta, world_size: int, micro_batch_size: int, accumulate: int,
+                         keep_batch: str) -> int:
+    """The accumulate_grad_batches a run resumed from `found` on `world_size` ranks of `micro_batch_size` rows
+    uses. On the checkpoint's own number of ranks, or with keep_batch="per_rank", the configured `accumulate`.
+    Otherwise the global batch (ranks x rows x accumulation) stays what it was, so the run is the same
+    optimization on other hardware; a CheckpointError names the fix where it cannot be divided."""
+    if keep_batch not in KEEP_BATCH:
+        raise CheckpointError(f"trainer.keep_batch={keep_batch!r}; choose one of {', '.join(KEEP_BATCH)}")
+    if found.world_size == world_size or keep_batch == "per_rank":
+        return accumulate
+    # checkpoints from before these were recorded: the run's config says what they were
+    rows, acc = found.micro_batch_size or micro_batch_size, found.accumulate_grad_batches or accumulate
+    global_batch = found.world_size * rows * acc
+    per_step = world_size * micro_batch_size
+    if global_batch % per_step:
+        fits = [n for n in range(1, global_batch // micro_batch_size + 1) if global_batch % (n * micro_batch_size) == 0]
+        ranks = ", ".join(map(str, fits[:8])) or "none"
+        raise CheckpointError(
+            f"the global batch of {global_batch} rows ({found.world_size} ranks x {rows} rows x {acc} accumulated) "
+            f"cannot be kept on {world_size} ranks x dataset.batch_size={micro_batch_size}: {global_batch} is not a "
+            f"multiple of {world_size * micro_batch_size}; resume on a number of ranks that divides it "
+            f"(with {micro_batch_size} rows per rank: {ranks}), or set dataset.batch_size so that {world_size} x "
+            f"dataset.batch_size divides {global_batch}, or set trainer.keep_batch=per_rank to keep "
+            f"{micro_batch_size} rows per rank (a global batch of {world_size * micro_batch_size * accumulate})"
+        )
+    return global_batch // per_step
 
 
 def _differences(a: Any, b: Any, path: str = "") -> list[str]:

@@ -58,8 +58,11 @@ class Placement:
     plugins: tuple[Any, ...] = ()
 
 
-def deepspeed_config(strategy_cfg: Any, *, cuda: bool, micro_batch_size: int) -> dict[str, Any]:
-    """The DeepSpeed config dict for ZeRO stage 2, with or without optimizer offload."""
+def deepspeed_config(strategy_cfg: Any, *, cuda: bool, micro_batch_size: int,
+                     load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config dict for ZeRO stage 2, with or without optimizer offload. `load_universal`: the
+    checkpoint to resume is in DeepSpeed's universal format (re-partitioned for another number of ranks:
+    trainer_core/zero_resize.py); Lightning's strategy passes the config to the engine as it is."""
     bucket = BUCKET_SIZE_CUDA if cuda else BUCKET_SIZE_CPU
     zero: dict[str, Any] = {
         "stage": int(strategy_cfg.stage),
@@ -73,11 +76,14 @@ def deepspeed_config(strategy_cfg: Any, *, cuda: bool, micro_batch_size: int) ->
     if strategy_cfg.offload_optimizer:
         # pinned host memory speeds up GPU<->CPU copies; on CPU ranks there is nothing to pin for
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda}
-    return {
+    config: dict[str, Any] = {
         "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "train_micro_batch_size_per_gpu": int(micro_batch_size),
     }
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    return config
 
 
 def resolve_precision(precision: str, *, cuda: bool) -> str:
@@ -89,8 +95,9 @@ def resolve_precision(precision: str, *, cuda: bool) -> str:
     return "32-true"
 
 
-def build_placement(cfg: Any, rendezvous: Rendezvous) -> Placement:
-    """Accelerator, strategy and precision for this rank, from cfg.trainer and the derived rendezvous."""
+def build_placement(cfg: Any, rendezvous: Rendezvous, load_universal: bool = False) -> Placement:
+    """Accelerator, strategy and precision for this rank, from cfg.trainer and the derived rendezvous.
+    `load_universal`: DeepSpeed resumes from a universal checkpoint (see deepspeed_config)."""
     trainer_cfg, s = cfg.trainer, cfg.trainer.strategy
     cuda = _use_cuda(trainer_cfg.accelerator)
     precision = resolve_precision(trainer_cfg.precision, cuda=cuda)
@@ -127,7 +134,8 @@ def build_placement(cfg: Any, rendezvous: Rendezvous) -> Placement:
     elif s.name == "deepspeed":
         ds_cls = DeepSpeedStrategy if cuda else CPURehearsalDeepSpeedStrategy
         strategy = ds_cls(
-            config=deepspeed_config(s, cuda=cuda, micro_batch_size=cfg.dataset.batch_size),
+            config=deepspeed_config(s, cuda=cuda, micro_batch_size=cfg.dataset.batch_size,
+                                    load_universal=load_universal),
             parallel_devices=parallel_devices,
             cluster_environment=env,
             process_group_backend="nccl" if cuda else "gloo",

@@ -7,13 +7,14 @@ launching process, made here for a single rank.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import socket
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -21,11 +22,13 @@ from omegaconf import DictConfig
 
 from trainer_core import attempts, console, layout
 from trainer_core.signals import StopSignals
-from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config, write_text_atomic
+from trainer_core.checkpoint_store import (CheckpointError, CheckpointMeta, CheckpointStore, model_config,
+                                           resumed_accumulation, write_text_atomic)
 from trainer_core.contract import Rendezvous, free_port, single_process
 from trainer_core.checkpointing import AtomicCheckpoint
 from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
+from trainer_core.resize import ResizedResume
 from trainer_core.strategies import build_placement
 
 log = logging.getLogger(__name__)
@@ -69,19 +72,39 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     task = build_task(cfg, model, tokenizer, datamodule, task=spec)
 
     store = CheckpointStore(run_dir)
+    micro_batch = int(cfg.dataset.batch_size)
     meta = CheckpointMeta(step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size,
                           model=_model_signature(model), model_config=model_config(cfg),
-                          tokenizer=tokenizer_fingerprint(tokenizer))
+                          tokenizer=tokenizer_fingerprint(tokenizer), micro_batch_size=micro_batch,
+                          accumulate_grad_batches=int(cfg.trainer.accumulate_grad_batches))
     resume_from = _resume_from(store, meta, required=bool(cfg.get("resume")))
+    load_universal = False
+    if resume_from is not None:
+        # on another number of ranks the global batch is kept (or keep_batch=per_rank), the rest follows it
+        accumulate = resumed_accumulation(resume_from.found, rendezvous.world_size, micro_batch,
+                                          meta.accumulate_grad_batches, str(cfg.trainer.get("keep_batch", "global")))
+        meta = dataclasses.replace(meta, accumulate_grad_batches=accumulate)
+        if resume_from.found.strategy == "deepspeed" and resume_from.found.world_size != rendezvous.world_size:
+            # ZeRO shards cut for another number of ranks: re-partitioned through the universal format, once
+            from trainer_core.zero_resize import universal_checkpoint
+
+            universal = universal_checkpoint(resume_from.path.parent, rendezvous.rank,
+                                             timeout_s=float(cfg.trainer.collective_timeout_s))
+            resume_from, load_universal = resume_from._replace(path=universal), True
     if rendezvous.rank == 0:
         store.clear_stale()  # a save a killed attempt left half-written
     trainer, stopper = build_trainer(cfg, rendezvous, run_dir, store, meta, signals,
-                                     resumed_step=resume_from[1] if resume_from else None)
+                                     resumed_step=resume_from.step if resume_from else None,
+                                     resumed=resume_from.found if resume_from else None,
+                                     load_universal=load_universal)
     if rendezvous.rank == 0:
         attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
                         restart_count=rendezvous.restart_count,
-                        resumed_from_step=resume_from[1] if resume_from else None)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
+                        resumed_from_step=resume_from.step if resume_from else None,
+                        resumed_world_size=resume_from.found.world_size if resume_from else None,
+                        global_batch=rendezvous.world_size * micro_batch * meta.accumulate_grad_batches,
+                        accumulate_grad_batches=meta.accumulate_grad_batches)
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
     if signals is not None:
         # A rank (jobs/rank.py): nothing is left to stop at a step boundary; it finishes its reports and exits
         # with its own status.
@@ -104,9 +127,14 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
 
 def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
                   meta: CheckpointMeta, signals: Optional[StopSignals] = None,
-                  resumed_step: Optional[int] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
+                  resumed_step: Optional[int] = None,
+                  resumed: Optional[CheckpointMeta] = None,
+                  load_universal: bool = False) -> tuple[pl.Trainer, StopAtStepBoundary]:
+    """The Trainer for this rank. `meta` describes what this run's checkpoints hold (its accumulation is the
+    one the run uses: resumed on another number of ranks it keeps the global batch); `resumed`, the checkpoint
+    it resumes from, and `load_universal` whether DeepSpeed loads it re-partitioned (universal format)."""
     t = cfg.trainer
-    placement = build_placement(cfg, rendezvous)
+    placement = build_placement(cfg, rendezvous, load_universal=load_universal)
     checkpoint = AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last,
                                   t.checkpoint.save_at_end)
     if resumed_step is not None:
@@ -125,12 +153,13 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         check_val_every_n_epoch=None,  # val_check_interval counts steps across epochs
         limit_val_batches=t.limit_val_batches,
         log_every_n_steps=t.log_every_n_steps,
-        accumulate_grad_batches=t.accumulate_grad_batches,
+        accumulate_grad_batches=meta.accumulate_grad_batches or t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
         # every attempt of a run continues the same logger run (version 0), from the step it resumes at
         logger=build_logger(t.logger, run_dir, resumed_step),
         callbacks=[checkpoint, stopper, RNGStates(),
+                   *([ResizedResume(resumed, int(cfg.dataset.batch_size))] if resumed is not None else []),
                    *console.progress_bars(t.enable_progress_bar and rendezvous.rank == 0)],
         enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
         enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
@@ -169,7 +198,13 @@ def _model_signature(model: torch.nn.Module) -> str:
     return f"{type(model).__name__}/{n}"
 
 
-def _resume_from(store: CheckpointStore, meta: CheckpointMeta, required: bool) -> Optional[tuple[Path, int]]:
+class ResumeFrom(NamedTuple):
+    path: Path  # the checkpoint Lightning loads
+    step: int
+    found: CheckpointMeta  # what it holds (its number of ranks and batch among them)
+
+
+def _resume_from(store: CheckpointStore, meta: CheckpointMeta, required: bool) -> Optional[ResumeFrom]:
     """The run's latest checkpoint file and its step, checked against this run; None for a fresh start (an error
     where a resume was asked for: resume=RUN_DIR)."""
     latest = store.latest()
@@ -181,5 +216,5 @@ def _resume_from(store: CheckpointStore, meta: CheckpointMeta, required: bool) -
     why = found.mismatch(meta)
     if why:
         raise CheckpointError(f"cannot resume from {latest}: {why}")
-    log.info("zerorun: resuming from %s (step %d)", latest, found.step)
-    return latest / "ckpt", found.step
+    log.info("zerorun: resuming from %s (step %d, %d ranks)", latest, found.step, found.world_size)
+    return ResumeFrom(latest / "ckpt", found.step, found)

@@ -1,8 +1,9 @@
 """The LightningDataModules: tokenized, cached data and loaders that can resume mid-epoch.
 
-The train loader is torchdata's StatefulDataLoader over a stateful distributed sampler, so Lightning's checkpoint
-carries the position inside the epoch (and the epoch) and a resumed run sees exactly the batches it had not seen
-yet (notes/exact-resume.md). The Trainer must run with ``use_distributed_sampler=False`` so that it keeps this
+The train loader is torchdata's StatefulDataLoader over a stateful distributed sampler (torchdata treats any
+sampler with state_dict and load_state_dict as stateful), so Lightning's checkpoint carries the position inside
+the epoch, counted in samples all ranks consumed, and the epoch: a resumed run, on the same number of ranks or
+another, sees exactly the samples it had not seen yet (notes/exact-resume.md). The Trainer must run with ``use_distributed_sampler=False`` so that it keeps this
 sampler; ``datamodule.train_sampler.set_epoch(epoch)`` at each epoch start gives every epoch its own order.
 
 Tokenized splits are cached as arrow files under ``dataset.cache_dir/tokenized``, named by a hash of the raw
@@ -15,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -23,11 +24,11 @@ from datasets import Dataset, DatasetDict
 from filelock import FileLock
 from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
-from torchdata.stateful_dataloader.sampler import StatefulDistributedSampler
 from transformers import PreTrainedTokenizerBase
 
 from trainer_core.data.loading import load_raw
 from trainer_core.data.tokenizer import tokenizer_fingerprint
+from trainer_core.resize import CONSUMED, WORLD, global_position
 from trainer_core.tasks import load_task
 
 # Bump when the encoding functions change: it is part of the cache key.
@@ -36,31 +37,60 @@ ENCODING_VERSION = 1
 MAP_BATCH_SIZE = 1000
 
 
-class EpochStatefulDistributedSampler(StatefulDistributedSampler):
-    """torchdata's sampler, whose state is a position inside one epoch: the position and that epoch.
+class EpochStatefulDistributedSampler(DistributedSampler):
+    """A distributed sampler whose state is a position in the epoch counted globally: the epoch and the samples
+    of its permutation that all ranks together have consumed, so a run can resume on another number of ranks.
 
-    - The epoch travels with the position (torchdata keeps only the position): the shuffle order depends on the
-      epoch, so a position alone would resume in the wrong permutation.
-    - A restored position belongs to its epoch and to nothing else. torchdata keeps it pending until the next
-      iteration starts, whichever epoch that is. A checkpoint taken at an epoch's end holds "epoch e, every sample
-      yielded"; the resumed run goes on with epoch e+1 (Lightning calls set_epoch(e+1)), and the pending position
-      made epoch e+1 begin at its end: it yielded nothing, and the run silently skipped a whole epoch of data.
-      So moving to another epoch drops a pending position.
+    Every rank draws the epoch's permutation (seed + epoch, as torch's DistributedSampler), cut to a multiple of
+    the number of ranks (drop_last). From a global position g the ranks take the rest round robin: rank r gets
+    order[g + r], order[g + r + W], ... Consumed with W ranks, k samples per rank from g is the prefix
+    order[:g + k*W], whichever W did the consuming, so a resume on W' ranks continues the same permutation and
+    every sample of the epoch is taken once (at most W'-1 at the epoch's end are dropped so that every rank has
+    as many batches). From position 0 the ranks get exactly what torch's DistributedSampler gives them.
+
+    - The epoch travels with the position: the order depends on the epoch.
+    - A restored position belongs to its epoch and to nothing else: a checkpoint taken at an epoch's end holds
+      "epoch e, every sample consumed"; the resumed run goes on with epoch e+1 (Lightning calls set_epoch(e+1)),
+      and that position must not make epoch e+1 begin at its end. So moving to another epoch drops it.
     """
 
     _EPOCH = "epoch"
 
+    def __init__(self, dataset: Any, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        # the global position this iteration started at, and the samples this rank has yielded since
+        self.start, self.yielded = 0, 0
+        # a restored position, taken by the next iteration of its epoch
+        self.pending: Optional[int] = None
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.dataset), generator=g).tolist()  # type: ignore[arg-type]
+        else:
+            order = list(range(len(self.dataset)))  # type: ignore[arg-type]
+        self.start = min(self.pending or 0, self.total_size)
+        self.pending, self.yielded = None, 0
+        for k in range((self.total_size - self.start) // self.num_replicas):
+            self.yielded += 1
+            yield order[self.start + self.rank + k * self.num_replicas]
+
+    def consumed(self) -> int:
+        """Samples of this epoch's permutation that every rank together has consumed."""
+        return self.start + self.yielded * self.num_replicas
+
     def state_dict(self) -> Dict[str, Any]:
-        return {**super().state_dict(), self._EPOCH: self.epoch}
+        return {self._EPOCH: self.epoch, CONSUMED: self.consumed(), WORLD: self.num_replicas}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         # the epoch first: set_epoch would drop a position that belongs to another epoch
         self.set_epoch(state_dict.get(self._EPOCH, self.epoch))
-        super().load_state_dict(state_dict)
+        self.pending = global_position(state_dict, self.num_replicas)
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
-            self.next_yielded = None
+            self.pending = None
         super().set_epoch(epoch)
 
 
@@ -150,7 +180,7 @@ class TextDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> StatefulDataLoader:
         rank, world = self._rank_and_world()
         self.train_sampler = EpochStatefulDistributedSampler(
-            self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed, drop_last=True
+            self.train_dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed
         )
         return StatefulDataLoader(
             self.train_dataset,
