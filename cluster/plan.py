@@ -84,6 +84,8 @@ class JobPlan:
     workdir: str = "/"
     # names of the submitting shell's variables the job inherits (sbatch --export); values never enter the plan
     exports: tuple[str, ...] = ()
+    # the fewest nodes the job may start on (None: exactly `nodes`)
+    min_nodes: Optional[int] = None
 
     @property
     def world_size(self) -> int:
@@ -174,4 +176,5 @@ def make_plan(
         requeue=bool(c.get("requeue", True)),
         workdir=workdir if workdir is not None else os.getcwd(),
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
+        min_nodes=None if c.get("min_nodes") in (None, int(c.nodes)) else int(c.min_nodes),
     )

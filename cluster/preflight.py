@@ -239,10 +239,14 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
     p: list[str] = []
     where = f"partition {name!r}"
     down = facts.unavailable.get(name, ())
-    if plan.nodes > len(nodes):
+    need, key = (plan.min_nodes, "cluster.min_nodes") if plan.min_nodes else (plan.nodes, "cluster.nodes")
+    if need > len(nodes):
         why = f" ({len(down)} more take no job now: {', '.join(down[:4])})" if down else ""
-        p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes)} nodes that take jobs{why}; lower "
-                 f"cluster.nodes or choose another partition ({valid})")
+        p.append(f"{key}={need} but {where} has {len(nodes)} nodes that take jobs{why}; lower {key} or "
+                 f"choose another partition ({valid})")
+    elif plan.min_nodes and plan.nodes > len(nodes) + len(down):
+        p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes) + len(down)} nodes in all: the range "
+                 f"{plan.min_nodes}-{plan.nodes} can never be granted whole; lower cluster.nodes")
     limit = facts.max_time_min.get(name)
     if limit is not None and plan.time_min > limit:
         p.append(f"cluster.time_min={plan.time_min} is over the MaxTime of {where} ({limit} min); lower "

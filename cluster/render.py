@@ -128,6 +128,9 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
         "output": "/dev/null",
         "export": quoting.directive("export", ",".join(plan.exports) or "NONE"),
     }
+    if plan.min_nodes is not None:
+        # start on what is free: Slurm grants any count in the range (replaces submitit's --nodes)
+        additional["nodes"] = quoting.directive("nodes", f"{plan.min_nodes}-{plan.nodes}")
     # cluster.requeue=false: Slurm itself must not requeue the job either (on a node failure, say)
     additional["requeue" if plan.requeue else "no_requeue"] = True
     for key, value in plan.sbatch_extra:

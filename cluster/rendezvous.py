@@ -72,8 +72,11 @@ def _int(environ: Mapping[str, str], fact: str) -> int:
         raise RendezvousError(f"{var}={value!r} is not an integer") from None
 
 
-def derive(environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
-    """Derive this rank's rendezvous from the environment and check it against the planned geometry."""
+def derive(environ: Mapping[str, str], *, nodes: int, tasks_per_node: int,
+           min_nodes: Optional[int] = None) -> Rendezvous:
+    """Derive this rank's rendezvous from the environment and check it against the planned geometry. With
+    `min_nodes`, the allocation may hold any number of nodes from min_nodes to nodes: the rendezvous follows what
+    was granted."""
     world_size = _int(environ, "world_size")
     num_nodes = _int(environ, "num_nodes")
     rank = _int(environ, "global_rank")
@@ -81,11 +84,14 @@ def derive(environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Re
     node_rank = _int(environ, "node_rank")
     job_id = environ.get(SLURM_ENV["job_id"], "0")
 
-    if num_nodes != nodes:
+    lowest = nodes if min_nodes is None else min_nodes
+    if not lowest <= num_nodes <= nodes:
+        asked = f"cluster.nodes={nodes}" if min_nodes is None else f"cluster.min_nodes={min_nodes}..nodes={nodes}"
         raise RendezvousError(
-            f"the job has {num_nodes} nodes but the plan asked for cluster.nodes={nodes}; "
-            "submit with the planned geometry (zerorun renders --nodes from cluster.nodes)"
+            f"the job has {num_nodes} nodes but the plan asked for {asked}; "
+            "submit with the planned geometry (zerorun renders --nodes from cluster.nodes and min_nodes)"
         )
+    nodes = num_nodes
     if world_size != nodes * tasks_per_node:
         raise RendezvousError(
             f"nodes({nodes}) x tasks_per_node({tasks_per_node}) = {nodes * tasks_per_node} "

@@ -183,6 +183,9 @@ class ClusterConfig:
     # "local" runs the ranks on this machine with the Slurm environment contract; "slurm" submits with sbatch
     backend: str = "local"
     nodes: int = 1
+    # start on what is free: Slurm grants min_nodes..nodes (--nodes=MIN-MAX) and the run resumes across sizes,
+    # keeping the global batch of nodes x tasks_per_node ranks (gradient accumulation makes up the difference)
+    min_nodes: Optional[int] = None
     # 0 means CPU ranks: set tasks_per_node explicitly then
     gpus_per_node: int = 0
     tasks_per_node: int = 1

@@ -164,6 +164,7 @@ def _cluster_problems(cfg: Any) -> list[str]:
         )
     if c.nodes < 1:
         p.append(f"cluster.nodes={c.nodes}: a job needs at least 1 node")
+    p += _min_nodes_problems(cfg)
     if c.tasks_per_node < 1:
         p.append(
             f"cluster.tasks_per_node={c.tasks_per_node}: set it to the devices per node "
@@ -273,3 +274,23 @@ def check_config(cfg: Any) -> None:
     problems = config_problems(cfg) + file_problems(cfg)
     if problems:
         raise ConfigError(problems)
+
+
+def _min_nodes_problems(cfg: Any) -> list[str]:
+    """cluster.min_nodes: a range Slurm can grant, and one the planned global batch divides over at every size
+    (the job keeps the global batch of cluster.nodes by accumulating more on fewer nodes)."""
+    c = cfg.cluster
+    low = c.get("min_nodes")
+    if low is None:
+        return []
+    if not 1 <= low <= c.nodes:
+        return [f"cluster.min_nodes={low} must lie between 1 and cluster.nodes={c.nodes} (the job starts on any "
+                "count in that range)"]
+    planned = c.nodes * int(cfg.trainer.accumulate_grad_batches)
+    bad = [n for n in range(low, c.nodes + 1) if planned % n]
+    if bad:
+        return [f"cluster.min_nodes={low}..nodes={c.nodes}: the global batch of nodes({c.nodes}) x "
+                f"accumulate_grad_batches({cfg.trainer.accumulate_grad_batches}) cannot be kept on "
+                f"{', '.join(map(str, bad))} node(s); raise cluster.min_nodes, or set trainer.accumulate_grad_batches "
+                "to a multiple of every node count in the range"]
+    return []

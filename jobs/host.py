@@ -104,8 +104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return status or 3
     cfg = load_config(run_dir)
     c = cfg.cluster
-    result = after_ranks(run_dir, status, backend=get_backend(str(c.backend)),
-                         world_size=int(c.nodes) * int(c.tasks_per_node), job_signal=str(c.signal),
+    backend = get_backend(str(c.backend))
+    # the nodes granted (cluster.min_nodes: any count up to cluster.nodes), as the ranks derive them
+    nodes = backend.granted_nodes(os.environ) or int(c.nodes)
+    result = after_ranks(run_dir, status, backend=backend,
+                         world_size=nodes * int(c.tasks_per_node), job_signal=str(c.signal),
                          signal_delay_s=int(c.signal_delay_s), max_timeouts=int(cfg.requeue.max_timeouts),
                          max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=bool(c.get("requeue", True)),
                          environ=os.environ)

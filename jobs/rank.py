@@ -43,6 +43,21 @@ def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Option
     return None
 
 
+def follow_allocation(cfg, granted_nodes: int) -> None:  # type: ignore[no-untyped-def]
+    """A job that started on fewer nodes than cluster.nodes (cluster.min_nodes): the trainer follows the nodes
+    granted, and the planned global batch is kept by accumulating more (configs/validate.py checked that it
+    divides). A resume from a checkpoint keeps that checkpoint's global batch the same way (trainer_core/resize.py)."""
+    planned = int(cfg.cluster.nodes)
+    if granted_nodes == planned:
+        return
+    accumulate, rest = divmod(planned * int(cfg.trainer.accumulate_grad_batches), granted_nodes)
+    if rest:
+        raise ValueError(f"the job got {granted_nodes} of cluster.nodes={planned} nodes and the global batch does "
+                         "not divide over them; choose cluster.min_nodes so that every node count divides it")
+    cfg.trainer.accumulate_grad_batches = accumulate
+    cfg.cluster.nodes = cfg.trainer.num_nodes = granted_nodes
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_dir = run_dir_from_args(argv, os.environ)
@@ -56,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["OMP_NUM_THREADS"] = str(cfg.cluster.cpus_per_task)
     backend = get_backend(str(cfg.cluster.backend))
     try:
-        contract = backend.rank_contract(os.environ, nodes=cfg.cluster.nodes, tasks_per_node=cfg.cluster.tasks_per_node)
+        contract = backend.rank_contract(os.environ, nodes=cfg.cluster.nodes, tasks_per_node=cfg.cluster.tasks_per_node,
+                                         min_nodes=cfg.cluster.get("min_nodes"))
     except RendezvousError as e:
         print(f"zerorun: rank cannot start: {e}", file=sys.stderr)
         return 3
     # the batch host counts these: a job in which not every rank started has failed, whatever srun said
     attempts.append(run_dir, "rank_start", rank=contract.rank, node=contract.node, job_id=contract.job_id,
                     restart_count=contract.restart_count, world_size=contract.world_size, pid=os.getpid())
+    follow_allocation(cfg, contract.num_nodes)
     os.environ.update(contract.env())
     os.environ[RUN_DIR_ENV] = os.path.abspath(run_dir)
 

@@ -56,3 +56,45 @@ def test_a_drained_node_on_the_real_cluster_is_not_counted(slurm_cluster, compos
         assert any("n2 (drain" in p and "lower cluster.nodes" in p for p in problems), problems
     finally:
         subprocess.run(["scontrol", "update", "NodeName=n2", "State=RESUME"], check=True)
+
+
+# ---- cluster.min_nodes: start on what is free ----
+
+def test_min_nodes_renders_a_range_and_the_rank_contract_follows_the_allocation(compose):
+    from cluster import render
+    from cluster.rendezvous import RendezvousError, derive
+
+    plan = plan_of(compose, "cluster.nodes=2", "cluster.min_nodes=1", "cluster.partition=debug")
+    script = render.sbatch_script(plan, render.RenderContext("T", ("zerorun",)))
+    assert "#SBATCH --nodes=1-2" in script.splitlines() and "#SBATCH --nodes=2" not in script.splitlines()
+    env = {"SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7"}
+    granted = derive(env, nodes=2, tasks_per_node=1, min_nodes=1)
+    assert (granted.num_nodes, granted.world_size) == (1, 1)
+    with pytest.raises(RendezvousError, match="cluster.nodes=2"):
+        derive(env, nodes=2, tasks_per_node=1)
+
+
+def test_a_range_the_partition_cannot_grant_is_refused(compose):
+    facts = preflight.parse_sinfo(SINFO)  # debug: n1 takes jobs, n2 drained
+    ok = preflight.check(plan_of(compose, "cluster.nodes=2", "cluster.min_nodes=1", "cluster.partition=debug",
+                                 "cluster.time_min=30"), facts)
+    assert ok.ok, ok.problems
+    too_many = preflight.check(plan_of(compose, "cluster.nodes=3", "cluster.min_nodes=1", "cluster.partition=debug"),
+                               facts).problems
+    assert any("can never be granted whole" in p for p in too_many), too_many
+    too_few = preflight.check(plan_of(compose, "cluster.nodes=2", "cluster.min_nodes=2", "cluster.partition=debug"),
+                              facts).problems
+    assert any("cluster.nodes=2 but partition 'debug' has 1 nodes that take jobs" in p for p in too_few), too_few
+
+
+def test_a_range_the_global_batch_cannot_divide_over_is_refused_with_the_fix(compose):
+    from configs.finalize import finalize
+    from configs.validate import config_problems
+
+    bad = config_problems(finalize(compose("cluster=slurm", "cluster.nodes=3", "cluster.min_nodes=2",
+                                           "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "trainer=ddp")))
+    assert any("cannot be kept on 2 node(s)" in p and "trainer.accumulate_grad_batches" in p for p in bad), bad
+    fine = config_problems(finalize(compose("cluster=slurm", "cluster.nodes=2", "cluster.min_nodes=1",
+                                            "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "trainer=ddp")))
+    assert fine == []

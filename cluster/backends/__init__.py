@@ -60,8 +60,13 @@ class Backend(Protocol):
         """rank -> its log file in the run folder for that job (the newest job's when job_id is None)."""
 
     # ---- inside the job ----
-    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
-        """In a rank: derive the rank contract from what the scheduler set, checked against the plan."""
+    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int,
+                      min_nodes: Optional[int] = None) -> Rendezvous:
+        """In a rank: derive the rank contract from what the scheduler set, checked against the plan (any node
+        count from min_nodes to nodes when min_nodes is set: the contract follows the allocation granted)."""
+
+    def granted_nodes(self, environ: Mapping[str, str]) -> Optional[int]:
+        """Inside the job: how many nodes the scheduler granted (None when it does not say)."""
 
     def job_identity(self, environ: Mapping[str, str]) -> tuple[str, int]:
         """(job id, restart count) of the job this process belongs to."""

@@ -116,8 +116,12 @@ class LocalBackend:
     def rank_logs(self, run_dir: Path, job_id: Optional[str]) -> dict[int, Path]:
         return layout.logs_by_rank(run_dir, layout.LOCAL_RANK_LOG.format(rank="*"), "-")
 
-    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
-        return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node)
+    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int,
+                      min_nodes: Optional[int] = None) -> Rendezvous:
+        return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node, min_nodes=min_nodes)
+
+    def granted_nodes(self, environ: Mapping[str, str]) -> Optional[int]:
+        return None  # the local backend always starts every planned rank
 
     def job_identity(self, environ: Mapping[str, str]) -> tuple[str, int]:
         return environ.get(SLURM_ENV["job_id"], "0"), 0

@@ -59,8 +59,13 @@ class SlurmBackend:
                     job_id = head
         return layout.logs_by_rank(run_dir, f"{job_id}_*.out", "_") if job_id is not None else found
 
-    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int) -> Rendezvous:
-        return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node)
+    def rank_contract(self, environ: Mapping[str, str], *, nodes: int, tasks_per_node: int,
+                      min_nodes: Optional[int] = None) -> Rendezvous:
+        return rendezvous.derive(environ, nodes=nodes, tasks_per_node=tasks_per_node, min_nodes=min_nodes)
+
+    def granted_nodes(self, environ: Mapping[str, str]) -> Optional[int]:
+        value = environ.get(rendezvous.SLURM_ENV["num_nodes"], "")
+        return int(value) if value.isdigit() else None
 
     def job_identity(self, environ: Mapping[str, str]) -> tuple[str, int]:
         return environ.get(rendezvous.SLURM_ENV["job_id"], "0"), rendezvous.restart_count(environ)
