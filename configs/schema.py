@@ -224,6 +224,27 @@ class RequeueConfig:
 
 
 @dataclass
+class WatchdogConfig:
+    # seconds without progress in training or validation (no optimizer step, no phase change on some rank) after
+    # which the attempt counts as hung: every rank's stack is captured, the attempt ends and is requeued.
+    # null: no watchdog
+    timeout_s: Optional[int] = 600
+    # the same while ranks start up (imports, data, model, process group) and run their first step
+    startup_timeout_s: int = 1200
+    # the same during a checkpoint save
+    checkpoint_timeout_s: int = 1200
+    # requeue a hung attempt (it resumes from the run's latest checkpoint); a second hang at the same step ends
+    # the run instead
+    requeue: bool = True
+    # TEST ONLY: make this rank block (sleep forever) in phase test_only_hang_in ("step", "checkpoint",
+    # "startup") at test_only_hang_at_step, in the first test_only_hang_attempts attempts. null: never
+    test_only_hang_rank: Optional[int] = None
+    test_only_hang_in: str = "step"
+    test_only_hang_at_step: int = 1
+    test_only_hang_attempts: int = 1
+
+
+@dataclass
 class SweepConfig:
     # `zerorun -m KEY=A,B ...` (docs/sweeps.md): how many members run at once; on Slurm the array's throttle
     # (sbatch --array=0-N%parallelism, per array when a sweep is split), on cluster=local processes at once
@@ -250,6 +271,8 @@ class ZerorunConfig:
     trainer: TrainerConfig = MISSING
     cluster: ClusterConfig = MISSING
     requeue: RequeueConfig = field(default_factory=RequeueConfig)
+    # the hang watchdog (jobs/watchdog.py): how long without progress, per phase, counts as a hang
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # settings of a sweep (`-m`): parallelism, id, what a second submission does, the metric that ranks members
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42

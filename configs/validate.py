@@ -195,6 +195,7 @@ def _cluster_problems(cfg: Any) -> list[str]:
             f"trainer.collective_timeout_s={t.collective_timeout_s}: the ranks' collectives need a time limit; "
             "set it to a number of seconds above 0 (default 1800)"
         )
+    p += _watchdog_problems(cfg)
     if c.time_min < 1:
         p.append(f"cluster.time_min={c.time_min}: the time limit must be at least 1 minute")
     signal_name = str(c.signal).upper().removeprefix("SIG")
@@ -272,3 +273,29 @@ def check_config(cfg: Any) -> None:
     problems = config_problems(cfg) + file_problems(cfg)
     if problems:
         raise ConfigError(problems)
+
+
+HANG_PHASES = ("step", "checkpoint", "startup")
+
+
+def _watchdog_problems(cfg) -> list[str]:
+    """The watchdog's timeouts: positive, and below the collective timeout, so that a hang is seen (and every
+    rank's stack captured) before a waiting rank's collective gives up and the job fails without them."""
+    w = cfg.get("watchdog")
+    if w is None or w.timeout_s is None:
+        return []
+    p = []
+    timeouts = {"timeout_s": w.timeout_s, "startup_timeout_s": w.startup_timeout_s,
+                "checkpoint_timeout_s": w.checkpoint_timeout_s}
+    for key, value in timeouts.items():
+        if value is None or int(value) <= 0:
+            p.append(f"watchdog.{key}={value}: a number of seconds above 0 (or watchdog.timeout_s=null for no watchdog)")
+    collective = int(cfg.trainer.collective_timeout_s)
+    longest = max(int(v) for v in timeouts.values() if v is not None)
+    if not p and collective <= longest:
+        p.append(f"trainer.collective_timeout_s({collective}) must be above the watchdog's longest timeout "
+                 f"({longest}: {', '.join(f'watchdog.{k}={v}' for k, v in timeouts.items())}), or a waiting rank's "
+                 "collective fails the job before the hang is recorded; raise it or lower the watchdog's")
+    if w.test_only_hang_in not in HANG_PHASES:
+        p.append(f"watchdog.test_only_hang_in={w.test_only_hang_in!r}: one of {', '.join(HANG_PHASES)}")
+    return p

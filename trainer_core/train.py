@@ -26,6 +26,8 @@ from trainer_core.contract import Rendezvous, free_port, single_process
 from trainer_core.checkpointing import AtomicCheckpoint
 from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
+from trainer_core.progress import HangForTest, Progress
+from trainer_core.progress_report import ReportProgress
 from trainer_core.strategies import build_placement
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,11 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     console.quiet()
     run_dir = Path(cfg.run_dir)
     rendezvous = rendezvous or single_process(port=free_port())
+    # the hang watchdog (outside this process) reads this rank's step and phase from here on
+    progress = Progress(run_dir, rendezvous)
+    progress.report(0, "startup")
+    hang = HangForTest(cfg.get("watchdog"), rendezvous)
+    hang.maybe("startup", 0)
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_task)))
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -76,7 +83,8 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     if rendezvous.rank == 0:
         store.clear_stale()  # a save a killed attempt left half-written
     trainer, stopper = build_trainer(cfg, rendezvous, run_dir, store, meta, signals,
-                                     resumed_step=resume_from[1] if resume_from else None)
+                                     resumed_step=resume_from[1] if resume_from else None, progress=progress,
+                                     hang=hang)
     if rendezvous.rank == 0:
         attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
                         restart_count=rendezvous.restart_count,
@@ -99,12 +107,14 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
         attempts.append(run_dir, "end", status="stopped" if stopped else "completed", step=trainer.global_step)
     # the job script on the batch host decides what follows a resumable exit (requeue, or why not)
     stop = stopper.finish()
+    progress.close()
     return Outcome(metrics, stop.exit_code if stop else 0, stop)
 
 
 def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store: CheckpointStore,
                   meta: CheckpointMeta, signals: Optional[StopSignals] = None,
-                  resumed_step: Optional[int] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
+                  resumed_step: Optional[int] = None, progress: Optional[Progress] = None,
+                  hang: Optional[HangForTest] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
     t = cfg.trainer
     placement = build_placement(cfg, rendezvous)
     checkpoint = AtomicCheckpoint(store, meta, t.checkpoint.every_n_steps, t.checkpoint.keep_last,
@@ -112,6 +122,13 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
     if resumed_step is not None:
         checkpoint.last_saved_step = resumed_step  # that step is on disk, whole
     stopper = StopAtStepBoundary(cfg, str(run_dir), checkpoint, signals=signals)
+    reporting: list[pl.Callback] = []
+    if progress is not None:
+        w = cfg.get("watchdog")
+        report = ReportProgress(progress, hang or HangForTest(None, rendezvous),
+                                w.timeout_s if w is not None else None)
+        checkpoint.progress = report
+        reporting.append(report)
     trainer = pl.Trainer(
         accelerator=placement.accelerator,
         devices=placement.devices,
@@ -130,7 +147,7 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         deterministic=t.deterministic,
         # every attempt of a run continues the same logger run (version 0), from the step it resumes at
         logger=build_logger(t.logger, run_dir, resumed_step),
-        callbacks=[checkpoint, stopper, RNGStates(),
+        callbacks=[*reporting, checkpoint, stopper, RNGStates(),
                    *console.progress_bars(t.enable_progress_bar and rendezvous.rank == 0)],
         enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints
         enable_progress_bar=t.enable_progress_bar and rendezvous.rank == 0,
