@@ -228,6 +228,41 @@ def scancel(job_id: str) -> None:
         raise SlurmError(f"scancel {job_id} failed: {out.stderr.strip()}")
 
 
+def on_node(job_id: str, node: str, argv: list[str], timeout: float) -> tuple[int, str]:
+    """Inside a running job: run `argv` once on one of its nodes, beside the ranks (srun --overlap shares their
+    resources, so it starts even when they hold all of them). (exit status, its output)"""
+    try:
+        out = run_command(["srun", "--overlap", f"--jobid={job_id}", f"--nodelist={node}", "--nodes=1",
+                           "--ntasks=1", "--mem=0", "--quiet", *argv], timeout=timeout)
+    except SlurmTimeout as e:
+        return 124, str(e)
+    return out.returncode, out.stdout + out.stderr
+
+
+def job_steps(job_id: str) -> list[str]:
+    """The running steps of a job that run tasks (JOB.N: srun's), without its batch and extern steps."""
+    out = run_command(["squeue", "--steps", f"--jobs={job_id}", "--noheader", "--format=%i"])
+    steps = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return [s for s in steps if s.rpartition(".")[2].isdigit()]
+
+
+def kill_steps(job_id: str) -> tuple[bool, str]:
+    """Inside a running job: SIGKILL the tasks of each of its srun steps (the ranks), no SIGCONT or SIGTERM first
+    (which a cancel sends, and which would let a stopped rank run on). The job and its batch script live on, so
+    the script's last line still runs. (A signal to the whole job, `scancel --signal=KILL JOB`, cancels it.)"""
+    steps = job_steps(job_id)
+    if not steps:
+        return False, f"job {job_id} has no running step to end"
+    failed = []
+    for step in steps:
+        out = run_command(["scancel", "--signal=KILL", step])
+        if out.returncode != 0:
+            failed.append(f"{step}: {out.stderr.strip()}")
+    if failed:
+        return False, "scancel --signal=KILL failed for " + "; ".join(failed)
+    return True, f"sent SIGKILL to the ranks (step {', '.join(steps)})"
+
+
 def query(job_ids: Iterable[str]) -> dict[str, JobState]:
     """The state of each job: squeue for live ones, then sacct, then scontrol; UNKNOWN when none knows it."""
     ids = sorted({str(j) for j in job_ids if str(j).isdigit()}, key=int)

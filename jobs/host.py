@@ -6,6 +6,8 @@ what the local backend runs in the launching process: read how the ranks ended, 
   Why the signal came (preemption, time limit, scancel) is read here from the scheduler (the backend's job
   clock), the requeue decision is the pure `cluster.requeue.decide`, and the one side effect is the backend's
   requeue. The decision is appended to the run's attempts record as a "requeue" event.
+- The hang watchdog (jobs/watchdog.py) recorded this attempt as hung and ended its ranks: requeued, unless an
+  earlier attempt hung at the same step (the run ends instead of looping).
 - Anything else: the job failed. So does a job in which not every rank started (a launch failure that the
   launcher itself did not report): the script exits non-zero and the scheduler records the job as failed.
 
@@ -39,9 +41,13 @@ def started_ranks(events: list[dict], job_id: str, restart_count: int) -> set[in
 
 def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size: int, job_signal: str,
                 signal_delay_s: int, max_timeouts: int, max_preemptions: Optional[int], requeue_enabled: bool,
-                environ: Mapping[str, str]) -> After:
+                environ: Mapping[str, str], watchdog_requeue: bool = True) -> After:
     events = attempts.read(run_dir)
     job_id, restart = backend.job_identity(environ)
+    hang = attempts.hang_of(events, job_id, restart)
+    if hang is not None:
+        return after_hang(run_dir, hang, events, backend=backend, environ=environ,
+                          requeue_enabled=requeue_enabled and watchdog_requeue)
     missing = sorted(set(range(world_size)) - started_ranks(events, job_id, restart))
     if missing and ranks_status != EXIT_RESUMABLE:
         shown = ", ".join(map(str, missing[:16])) + (" ..." if len(missing) > 16 else "")
@@ -86,6 +92,33 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
     return After(code, f"stopped at step {step} ({cause}): {reason}")
 
 
+def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend, environ: Mapping[str, str],
+               requeue_enabled: bool) -> After:
+    """The watchdog found this attempt hung and ended its ranks: requeue it (it resumes from the run's latest
+    checkpoint), unless an earlier attempt hung at the same step (it would loop) or requeues are off."""
+    step = hang.get("step")
+    what = attempts.describe_hang(hang, run_dir)
+    again = [e for e in events if e["event"] == "hung" and e.get("step") == step and e is not hang
+             and (str(e.get("job_id")), int(e.get("restart_count") or 0)) != (str(hang.get("job_id")),
+                                                                                int(hang.get("restart_count") or 0))]
+    why = ""
+    if again:
+        why = f"it hung at step {step} before (job {again[0].get('job_id')}): not requeued to hang again"
+    elif backend.no_requeue:
+        why = backend.no_requeue
+    elif not requeue_enabled:
+        why = "requeues are off (cluster.requeue=false or watchdog.requeue=false)"
+    if not why:
+        ok, said = backend.requeue(environ)
+        if ok:
+            attempts.append(run_dir, "requeue", cause="hang", requeued=True, step=step, exit_code=0,
+                            reason=f"{what}; resumes from the run's latest checkpoint")
+            return After(0, f"{what}; requeued")
+        why = said
+    attempts.append(run_dir, "failed", job_id=str(hang.get("job_id")), exit_code=1, reason=f"{what}; {why}")
+    return After(1, f"{what}; {why}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m jobs.host after STATUS RUN_DIR` or `... after STATUS --array SWEEP_INDEX_FILE`."""
     import os
@@ -108,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          world_size=int(c.nodes) * int(c.tasks_per_node), job_signal=str(c.signal),
                          signal_delay_s=int(c.signal_delay_s), max_timeouts=int(cfg.requeue.max_timeouts),
                          max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=bool(c.get("requeue", True)),
-                         environ=os.environ)
+                         environ=os.environ, watchdog_requeue=bool(cfg.get("watchdog", {}).get("requeue", True)))
     if result.message:
         print(f"zerorun: {result.message}", flush=True)
     return result.exit_code

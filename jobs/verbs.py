@@ -174,6 +174,12 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
                 state, detail = "FAILED", last.failure
             elif failed:
                 detail = f"rank {failed[0]} failed: {failed[1]}"
+        hangs = [a for a in attempts.attempts(events) if a.hang]
+        if hangs and last is not None and last.hang and (not st or st.finished) and not last.requeued:
+            state, detail = "HUNG", last.failure or attempts.describe_hang(last.hang, t.run_dir or "")
+        elif hangs and not detail:
+            h = hangs[-1]
+            detail = f"attempt {h.number} {attempts.describe_hang(h.hang, t.run_dir or '')}; requeued"
         if not detail and st and st.finished and st.exit_code not in ("", "0:0"):
             detail = f"exit {st.exit_code}"
         rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "",
@@ -198,7 +204,9 @@ def _attempts_cell(events: list[dict]) -> str:
 
 
 def _attempt_row(a: attempts.Attempt) -> list[str]:
-    if a.failure:
+    if a.hang:
+        outcome = attempts.describe_hang(a.hang) + ("; requeued" if a.requeued else f"; {a.failure or 'ended'}")
+    elif a.failure:
         outcome = f"failed: {a.failure}"
     elif a.requeued:
         outcome = f"requeued: {a.requeue}"
