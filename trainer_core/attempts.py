@@ -1,7 +1,8 @@
 """A run's attempts: one line of JSON per event in attempts.jsonl.
 
 Ranks append rank_start (each rank, first thing), start, first_step, signal, checkpoint and end (rank 0); the
-batch host appends requeue (what followed a resumable stop) or failed (a rank failed, or never started).
+batch host appends requeue (what followed a resumable stop or a hang) or failed (a rank failed, or never
+started), and the hang watchdog appends hung (step, phase, the ranks and nodes that stopped first, the stacks).
 `zerorun status` reads. Each event is one short line written with a single append, so a kill at any moment
 leaves whole lines (a torn last line is skipped when reading).
 """
@@ -59,6 +60,8 @@ class Attempt:
     stop: Optional[dict[str, Any]] = None
     # why the batch host recorded this attempt as failed
     failure: Optional[str] = None
+    # the watchdog's hung event, when this attempt hung
+    hang: Optional[dict[str, Any]] = None
 
 
 def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
@@ -94,6 +97,8 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
                 a.end, a.end_step = e.get("status"), e.get("step")
             elif kind == "failed":
                 a.failure, a.exit_code = e.get("reason"), e.get("exit_code")
+            elif kind == "hung":
+                a.hang = e
     return out
 
 
@@ -122,3 +127,20 @@ def resumable(events: list[dict[str, Any]]) -> Optional[str]:
     if last.requeued is False and last.checkpoint_step is not None:
         return f"stopped at step {last.checkpoint_step}: {last.requeue}"
     return None
+
+
+def hang_of(events: list[dict[str, Any]], job_id: str, restart_count: int) -> Optional[dict[str, Any]]:
+    """The watchdog's hung event of one attempt (a job id and its restart count), if it hung."""
+    for e in events:
+        if e["event"] == "hung" and str(e.get("job_id")) == job_id and int(e.get("restart_count") or 0) == restart_count:
+            return e
+    return None
+
+
+def describe_hang(hang: dict[str, Any], run_dir: str | os.PathLike = "") -> str:
+    """"hung in training at step 12: rank 1 on n2 stopped first (stacks: RUN_DIR/stacks/41-0)"."""
+    ranks = ", ".join(map(str, hang.get("ranks") or [])) or "?"
+    nodes = ", ".join(hang.get("nodes") or []) or "?"
+    stacks = str(Path(run_dir) / hang["stacks"]) if hang.get("stacks") else "none"
+    return (f"hung in {hang.get('phase')} at step {hang.get('step')}: rank {ranks} on {nodes} stopped first, no "
+            f"progress for {hang.get('stalled_s')} s (stacks: {stacks})")
