@@ -84,6 +84,8 @@ class JobPlan:
     requeue: bool = True
     # the batch host runs the hang watchdog beside srun (watchdog.timeout_s is set)
     watchdog: bool = False
+    # nodes a run may exclude from its requeues (requeue.max_excluded_nodes; None: what the partition spares)
+    max_excluded_nodes: Optional[int] = None
     # the directory the job runs its setup lines and ranks in: where the user submitted from
     workdir: str = "/"
     # names of the submitting shell's variables the job inherits (sbatch --export); values never enter the plan
@@ -177,6 +179,7 @@ def make_plan(
         cpu_rehearsal=bool(c.get("cpu_rehearsal", False)),
         requeue=bool(c.get("requeue", True)),
         watchdog=cfg.get("watchdog") is not None and cfg.watchdog.timeout_s is not None,
+        max_excluded_nodes=cfg.requeue.get("max_excluded_nodes"),
         workdir=workdir if workdir is not None else os.getcwd(),
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
     )

@@ -243,6 +243,11 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
         why = f" ({len(down)} more take no job now: {', '.join(down[:4])})" if down else ""
         p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes)} nodes that take jobs{why}; lower "
                  f"cluster.nodes or choose another partition ({valid})")
+    spare = len(nodes) - plan.nodes
+    if plan.max_excluded_nodes is not None and plan.max_excluded_nodes > max(spare, 0):
+        p.append(f"requeue.max_excluded_nodes={plan.max_excluded_nodes} but {where} has {len(nodes)} nodes and the "
+                 f"job needs {plan.nodes}: at most {max(spare, 0)} can be left out of a requeue; lower "
+                 f"requeue.max_excluded_nodes to {max(spare, 0)}")
     limit = facts.max_time_min.get(name)
     if limit is not None and plan.time_min > limit:
         p.append(f"cluster.time_min={plan.time_min} is over the MaxTime of {where} ({limit} min); lower "

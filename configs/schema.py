@@ -221,6 +221,18 @@ class RequeueConfig:
     max_timeouts: int = 3
     # the same for preemptions; null: without limit
     max_preemptions: Optional[int] = None
+    # how many nodes a run may leave out of its requeues after a failure that belongs to one node (a failed
+    # health check); at most the partition's nodes minus the job's. null: as many as the partition can spare
+    max_excluded_nodes: Optional[int] = None
+
+
+@dataclass
+class HealthConfig:
+    # a quick check of each rank's node at start (device visible, a small matmul, one all-reduce); a failing node
+    # is named, excluded and the job requeued (requeue.max_excluded_nodes)
+    check: bool = True
+    # TEST ONLY: the check fails on this node
+    test_only_fail_on_node: Optional[str] = None
 
 
 @dataclass
@@ -271,6 +283,8 @@ class ZerorunConfig:
     trainer: TrainerConfig = MISSING
     cluster: ClusterConfig = MISSING
     requeue: RequeueConfig = field(default_factory=RequeueConfig)
+    # the node health check at rank start (trainer_core/health.py)
+    health: HealthConfig = field(default_factory=HealthConfig)
     # the hang watchdog (jobs/watchdog.py): how long without progress, per phase, counts as a hang
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # settings of a sweep (`-m`): parallelism, id, what a second submission does, the metric that ranks members

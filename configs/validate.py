@@ -142,6 +142,7 @@ def _checkpoint_and_requeue_problems(cfg: Any) -> list[str]:
     r = cfg.requeue
     _at_least(p, "requeue.max_timeouts", r.max_timeouts, 0, "0 never requeues after a time-out")
     _at_least(p, "requeue.max_preemptions", r.max_preemptions, 0, "null requeues without limit")
+    _at_least(p, "requeue.max_excluded_nodes", r.get("max_excluded_nodes", 0), 0, "0 never leaves a node out")
     return p
 
 

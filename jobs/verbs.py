@@ -180,6 +180,9 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         elif hangs and not detail:
             h = hangs[-1]
             detail = f"attempt {h.number} {attempts.describe_hang(h.hang, t.run_dir or '')}; requeued"
+        excluded = attempts.excluded_nodes(events)
+        if excluded:
+            detail = "; ".join(x for x in (detail, f"excluded nodes: {', '.join(excluded)}") if x)
         if not detail and st and st.finished and st.exit_code not in ("", "0:0"):
             detail = f"exit {st.exit_code}"
         rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "",
@@ -206,6 +209,9 @@ def _attempts_cell(events: list[dict]) -> str:
 def _attempt_row(a: attempts.Attempt) -> list[str]:
     if a.hang:
         outcome = attempts.describe_hang(a.hang) + ("; requeued" if a.requeued else f"; {a.failure or 'ended'}")
+    elif a.bad_nodes and a.requeued:
+        outcome = (f"bad node {', '.join(f'{n} ({why})' for n, why in a.bad_nodes.items())}; requeued excluding "
+                   f"{', '.join(a.excluded)}")
     elif a.failure:
         outcome = f"failed: {a.failure}"
     elif a.requeued:

@@ -125,3 +125,33 @@ def test_a_rank_killed_with_sigkill_ends_the_job_within_a_minute_and_status_name
     text = status_text(run_dir)
     assert "rank 1" in text and "n2" in text and "Killed" in text, text
     print(f"\nBENCH kill9 job_end_after_kill_s={ended_s:.1f}")
+
+
+def test_a_node_that_fails_its_health_check_is_excluded_and_the_job_runs_on_the_other(slurm_cluster, compose,
+                                                                                      tmp_path):
+    one_node = [o for o in SLURM if not o.startswith("cluster.nodes=")] + ["cluster.nodes=1"]
+    run_dir, job_id = submit(compose, tmp_path / "runs", *one_node, *RUN, "trainer.max_steps=30",
+                             "health.test_only_fail_on_node=n1")
+    st = finished(job_id, timeout=300)
+    assert st.state == "COMPLETED", f"job {job_id} ended {st}:\n{logs_of(run_dir)}"
+    bad = events(run_dir, "bad_node")
+    assert [(b["node"], b["rank"]) for b in bad] == [("n1", 0)], bad
+    requeue = events(run_dir, "requeue")
+    assert [(r["cause"], r["excluded"]) for r in requeue] == [("bad_node", ["n1"])], requeue
+    assert [e["node"] for e in events(run_dir, "rank_start")] == ["n1", "n2"]
+    text = status_text(run_dir)
+    assert "excluded nodes: n1" in text and "bad node n1" in text, text
+
+
+def test_more_excluded_nodes_than_the_partition_spares_are_refused_before_submission(slurm_cluster, compose,
+                                                                                      tmp_path):
+    import contextlib
+    import io
+
+    from jobs.app import launch
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = launch(compose(*SLURM, *RUN, "requeue.max_excluded_nodes=1", runs_dir=tmp_path / "runs"))
+    assert code != 0 and not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("job.sbatch"))
+    assert "requeue.max_excluded_nodes=1" in err.getvalue() and "at most 0" in err.getvalue(), err.getvalue()

@@ -62,6 +62,10 @@ class Attempt:
     failure: Optional[str] = None
     # the watchdog's hung event, when this attempt hung
     hang: Optional[dict[str, Any]] = None
+    # node -> why it failed its health check in this attempt
+    bad_nodes: dict[str, str] = field(default_factory=dict)
+    # the nodes the requeue that followed this attempt left out
+    excluded: list[str] = field(default_factory=list)
 
 
 def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
@@ -91,6 +95,7 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
             elif kind == "requeue":
                 a.requeued, a.requeue, a.exit_code = bool(e.get("requeued")), e.get("reason"), e.get("exit_code")
                 a.cause = e.get("cause")
+                a.excluded = list(e.get("excluded") or [])
                 if a.signals and a.cause:
                     a.signals[-1] = f"{a.signals[-1]} ({a.cause})"
             elif kind == "end":
@@ -99,6 +104,8 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
                 a.failure, a.exit_code = e.get("reason"), e.get("exit_code")
             elif kind == "hung":
                 a.hang = e
+            elif kind == "bad_node":
+                a.bad_nodes[str(e.get("node"))] = str(e.get("reason"))
     return out
 
 
@@ -144,3 +151,18 @@ def describe_hang(hang: dict[str, Any], run_dir: str | os.PathLike = "") -> str:
     stacks = str(Path(run_dir) / hang["stacks"]) if hang.get("stacks") else "none"
     return (f"hung in {hang.get('phase')} at step {hang.get('step')}: rank {ranks} on {nodes} stopped first, no "
             f"progress for {hang.get('stalled_s')} s (stacks: {stacks})")
+
+
+def bad_nodes_of(events: list[dict[str, Any]], job_id: str, restart_count: int) -> dict[str, str]:
+    """node -> why, for the nodes that failed their health check in one attempt."""
+    return {str(e.get("node")): str(e.get("reason")) for e in events if e["event"] == "bad_node"
+            and str(e.get("job_id")) == job_id and int(e.get("restart_count") or 0) == restart_count}
+
+
+def excluded_nodes(events: list[dict[str, Any]]) -> list[str]:
+    """The nodes the run's requeues left out so far."""
+    out: list[str] = []
+    for e in events:
+        if e["event"] == "requeue" and e.get("requeued"):
+            out += [n for n in e.get("excluded") or [] if n not in out]
+    return out

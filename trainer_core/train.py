@@ -22,7 +22,8 @@ from omegaconf import DictConfig
 from trainer_core import attempts, console, layout
 from trainer_core.signals import StopSignals
 from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config, write_text_atomic
-from trainer_core.contract import Rendezvous, free_port, single_process
+from trainer_core.contract import EXIT_BAD_NODE, Rendezvous, free_port, single_process
+from trainer_core.health import NodeHealth, NodeHealthError
 from trainer_core.checkpointing import AtomicCheckpoint
 from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
@@ -89,7 +90,14 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
         attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
                         restart_count=rendezvous.restart_count,
                         resumed_from_step=resume_from[1] if resume_from else None)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from[0]) if resume_from else None)
+    except NodeHealthError as e:
+        # recorded (bad_node) by the check; the batch host requeues the job without this node
+        log.error("zerorun: %s", e)
+        print(f"zerorun: {e}", flush=True)
+        progress.close()
+        return Outcome({}, EXIT_BAD_NODE, None)
     if signals is not None:
         # A rank (jobs/rank.py): nothing is left to stop at a step boundary; it finishes its reports and exits
         # with its own status.
@@ -129,6 +137,9 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
                                 w.timeout_s if w is not None else None)
         checkpoint.progress = report
         reporting.append(report)
+    health = cfg.get("health")
+    if health is None or health.get("check", True):
+        reporting.append(NodeHealth(str(run_dir), rendezvous, health))
     trainer = pl.Trainer(
         accelerator=placement.accelerator,
         devices=placement.devices,

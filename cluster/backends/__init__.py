@@ -69,8 +69,9 @@ class Backend(Protocol):
     def job_clock(self, environ: Mapping[str, str]) -> Optional["JobClock"]:
         """On the batch host: the job's end and preempt times, where the scheduler tells them."""
 
-    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
-        """On the batch host: put this exact job back into the queue. (ok, what happened)"""
+    def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
+        """On the batch host: put this exact job back into the queue, kept off the nodes in `exclude` (the
+        whole list: the run's bad nodes so far). (ok, what happened)"""
 
     def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
         """Inside the job (the hang watchdog): run `argv` once on one of the job's nodes, beside the ranks, even

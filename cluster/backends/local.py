@@ -131,7 +131,7 @@ class LocalBackend:
     def job_clock(self, environ: Mapping[str, str]) -> None:
         return None
 
-    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
+    def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
         return False, "a local run cannot be requeued"
 
     def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:

@@ -75,8 +75,13 @@ class SlurmBackend:
     def job_clock(self, environ: Mapping[str, str]) -> Optional[requeue.JobClock]:
         return requeue.job_clock(requeue.job_to_requeue(environ))
 
-    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
-        return requeue.scontrol_requeue(requeue.job_to_requeue(environ))
+    def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
+        job = requeue.job_to_requeue(environ)
+        ok, what = requeue.scontrol_requeue(job)
+        if ok and exclude:
+            excluded, said = requeue.scontrol_exclude(job, sorted(exclude))
+            what = f"{what}, {said}" if excluded else f"{what}, but not {said}"
+        return ok, what
 
     def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
         job_id = environ.get(rendezvous.SLURM_ENV["job_id"], "")
