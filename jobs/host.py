@@ -50,7 +50,7 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
     hang = attempts.hang_of(events, job_id, restart)
     if hang is not None:
         return after_hang(run_dir, hang, events, backend=backend, environ=environ,
-                          requeue_enabled=requeue_enabled and watchdog_requeue)
+                          requeue_enabled=requeue_enabled and watchdog_requeue, max_excluded_nodes=max_excluded_nodes)
     bad = attempts.bad_nodes_of(events, job_id, restart)
     if bad:
         return after_bad_nodes(run_dir, bad, events, backend=backend, environ=environ,
@@ -100,9 +100,10 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
 
 
 def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend, environ: Mapping[str, str],
-               requeue_enabled: bool) -> After:
+               requeue_enabled: bool, max_excluded_nodes: Union[int, Callable[[], int]] = 0) -> After:
     """The watchdog found this attempt hung and ended its ranks: requeue it (it resumes from the run's latest
-    checkpoint), unless an earlier attempt hung at the same step (it would loop) or requeues are off."""
+    checkpoint), unless an earlier attempt hung at the same step (it would loop) or requeues are off. A hang
+    that began on one node only leaves that node out of the requeue, while requeue.max_excluded_nodes allows."""
     step = hang.get("step")
     what = attempts.describe_hang(hang, run_dir)
     again = [e for e in events if e["event"] == "hung" and e.get("step") == step and e is not hang
@@ -116,11 +117,18 @@ def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend
     elif not requeue_enabled:
         why = "requeues are off (cluster.requeue=false or watchdog.requeue=false)"
     if not why:
-        ok, said = backend.requeue(environ)
+        before = attempts.excluded_nodes(events)
+        exclude = before
+        if len(hang.get("nodes") or []) == 1:
+            limit = max_excluded_nodes() if callable(max_excluded_nodes) else max_excluded_nodes
+            wider = sorted(set(before) | set(hang["nodes"]))
+            exclude = wider if len(wider) <= limit else before
+        ok, said = backend.requeue(environ, exclude)
         if ok:
-            attempts.append(run_dir, "requeue", cause="hang", requeued=True, step=step, exit_code=0,
-                            reason=f"{what}; resumes from the run's latest checkpoint")
-            return After(0, f"{what}; requeued")
+            left_out = f", without {', '.join(exclude)}" if exclude else ""
+            attempts.append(run_dir, "requeue", cause="hang", requeued=True, step=step, exit_code=0, excluded=exclude,
+                            reason=f"{what}; resumes from the run's latest checkpoint{left_out}")
+            return After(0, f"{what}; requeued{left_out}")
         why = said
     attempts.append(run_dir, "failed", job_id=str(hang.get("job_id")), exit_code=1, reason=f"{what}; {why}")
     return After(1, f"{what}; {why}")

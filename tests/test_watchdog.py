@@ -110,8 +110,9 @@ class FakeScheduler:
     def job_identity(self, environ):
         return environ["JOB"], int(environ.get("RESTART", 0))
 
-    def requeue(self, environ):
+    def requeue(self, environ, exclude=()):
         self.requeued += 1
+        self.excluded = list(exclude)
         return True, "requeued"
 
 
@@ -167,3 +168,18 @@ def test_a_run_plan_starts_the_watchdog_only_when_it_is_on(compose):
     assert render.watchdog_start(on)[0].endswith("&") and render.watchdog_start(off) == []
     assert any("kill" in line for line in render.host_step(on)) and not any("kill" in l for l in render.host_step(off))
     assert json.dumps(render.host_step(off)[-1]).count("ZERORUN_RANKS_STATUS") == 1
+
+
+def test_a_hang_on_one_node_leaves_it_out_when_the_partition_spares_a_node(tmp_path):
+    backend = FakeScheduler()
+    hung(tmp_path, "41", 0, 29)
+    result = host.after_ranks(str(tmp_path), 137, backend=backend, world_size=2, job_signal="USR2",
+                              signal_delay_s=60, max_timeouts=3, max_preemptions=None, requeue_enabled=True,
+                              environ={"JOB": "41"}, max_excluded_nodes=lambda: 1)
+    assert result.exit_code == 0 and backend.excluded == ["n2"] and "without n2" in result.message
+    assert attempts.excluded_nodes(attempts.read(tmp_path)) == ["n2"]
+    backend2 = FakeScheduler()
+    (tmp_path / "b").mkdir()
+    hung(tmp_path / "b", "42", 0, 29)
+    after(tmp_path / "b", backend2, "42", 0)  # max_excluded_nodes=0: requeued, nothing left out
+    assert backend2.excluded == []

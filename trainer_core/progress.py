@@ -36,7 +36,7 @@ class Progress:
 
     def __init__(self, run_dir: str | os.PathLike, rendezvous: Rendezvous) -> None:
         path = Path(run_dir) / layout.progress_file(rendezvous.rank)
-        path.parent.mkdir(exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         self._fixed = {"rank": rendezvous.rank, "node": rendezvous.node or socket.gethostname(),
