@@ -194,7 +194,27 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
             out.write("\n")
             _print_table(("ATTEMPT", "JOB", "RESUMED FROM", "SIGNAL", "CHECKPOINT", "OUTCOME"),
                          [_attempt_row(a) for a in runs], out)
+        t = targets[0]
+        st = states.get(t.job_id or "")
+        if st is not None and st.finished and st.state != "COMPLETED":
+            _print_failed_rank_tail(t, out)
     return 0
+
+
+# lines of a failed rank's log `zerorun status RUN` shows
+FAILED_LOG_LINES = 5
+
+
+def _print_failed_rank_tail(t: Target, out: TextIO) -> None:
+    """The last lines of the log of the rank that failed first (what srun reported for it: node, signal or exit
+    code), so a dead rank is named with what it said last."""
+    failed = failing_rank(t.run_dir, t.job_id, t.backend)
+    if failed is None:
+        return
+    path = rank_logs(t.run_dir, t.job_id, t.backend).get(failed[0])
+    lines = [ln for ln in (path.read_text(errors="replace").splitlines() if path else []) if ln.strip()]
+    out.write(f"\nrank {failed[0]} failed: {failed[1]}; the last lines of its log ({path}):\n")
+    out.write("".join(f"  {ln[-200:]}\n" for ln in lines[-FAILED_LOG_LINES:]) or "  (empty)\n")
 
 
 def _attempts_cell(events: list[dict]) -> str:

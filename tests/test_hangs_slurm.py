@@ -124,6 +124,7 @@ def test_a_rank_killed_with_sigkill_ends_the_job_within_a_minute_and_status_name
     assert st.state == "FAILED", st
     text = status_text(run_dir)
     assert "rank 1" in text and "n2" in text and "Killed" in text, text
+    assert "the last lines of its log" in text, text
     print(f"\nBENCH kill9 job_end_after_kill_s={ended_s:.1f}")
 
 
