@@ -56,7 +56,10 @@ class Limits:
     checkpoint_s: float
 
     def for_phase(self, phase: str) -> float:
-        if phase in ("startup", "first_step"):
+        if phase == "done":
+            return float("inf")  # the rank has left training and exits; a rank that waits for it is not done
+        if phase in ("startup", "first_step", "end"):
+            # end: the last save's commit, the reports and the ranks' last meeting, on every rank at its own pace
             return self.startup_s
         if phase == "checkpoint":
             return self.checkpoint_s

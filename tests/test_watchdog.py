@@ -46,6 +46,7 @@ def test_each_phase_has_its_own_limit():
              view(3, now - 20, "validation"), view(4, now - 5, "training")]
     assert [v.rank for v in stalled(views, now, LIMITS)] == [3]
     assert [v.rank for v in stalled(views, now + 60, LIMITS)] == [2, 3, 4]
+    assert stalled([view(0, now - 200, "done"), view(1, now - 20, "end")], now, LIMITS) == []
 
 
 def test_the_rank_that_stopped_first_is_the_stopped_one_then_the_one_not_in_a_collective():

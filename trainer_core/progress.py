@@ -1,6 +1,7 @@
 """Each rank's progress, for the hang watchdog that runs outside the ranks (jobs/watchdog.py).
 
-A rank reports its optimizer step and phase (startup, first_step, training, validation, checkpoint, end) from
+A rank reports its optimizer step and phase (startup, first_step, training, validation, checkpoint, end: after
+training, done: about to exit) from
 the training thread itself, at the points Lightning calls back: a step boundary, validation's start and end, a
 save's start and end. A thread that beat on its own would keep beating while the training thread is stuck in C;
 a report from the training thread stops exactly when the rank stops making progress.
@@ -26,7 +27,7 @@ from typing import Any, Optional
 from trainer_core import layout
 from trainer_core.contract import Rendezvous
 
-PHASES = ("startup", "first_step", "training", "validation", "checkpoint", "end")
+PHASES = ("startup", "first_step", "training", "validation", "checkpoint", "end", "done")
 # bytes of one record: the JSON line padded with spaces, so every write covers the whole previous one
 RECORD_SIZE = 512
 

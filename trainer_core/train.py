@@ -115,6 +115,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
         attempts.append(run_dir, "end", status="stopped" if stopped else "completed", step=trainer.global_step)
     # the job script on the batch host decides what follows a resumable exit (requeue, or why not)
     stop = stopper.finish()
+    progress.report(trainer.global_step, "done")  # nothing left that could hang: the process exits
     progress.close()
     return Outcome(metrics, stop.exit_code if stop else 0, stop)
 
