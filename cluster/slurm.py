@@ -140,6 +140,10 @@ def parse_scontrol(text: str) -> dict[str, JobState]:
 _SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,\-]+): (.+?)\s*$", re.MULTILINE)
 
 
+# srun starts ending the other tasks of a step once one failed (--kill-on-bad-exit)
+_SRUN_ENDING = re.compile(r"srun: .*(Terminating StepId|Force Terminated|forcing job termination)")
+
+
 def _task_ids(text: str) -> list[int]:
     ids: list[int] = []
     for part in text.split(","):
@@ -149,18 +153,32 @@ def _task_ids(text: str) -> list[int]:
 
 
 def failed_tasks(batch_log: str) -> list[TaskFailure]:
-    """The ranks srun reported as failed, in the order it reported them; the ones it killed afterwards because
-    of --kill-on-bad-exit come last. Reads lines such as `srun: error: n2: task 1: Exited with exit code 1`."""
+    """The ranks srun reported as failed, the one that failed first first. Reads lines such as
+    `srun: error: n2: task 1: Exited with exit code 1` and `srun: error: n2: task 1: Killed`.
+
+    A rank killed by a signal before srun began ending the step (`_step_signal: Terminating StepId=...`) is a
+    cause (kill -9, the OOM killer): it comes first. After that line, the ranks that exited with an error (a
+    peer's loss seen in a collective) come before the ones srun killed because of --kill-on-bad-exit."""
+    before_end: list[TaskFailure] = []
     first: list[TaskFailure] = []
     killed: list[TaskFailure] = []
-    for host, tasks, how in _SRUN_TASK.findall(batch_log):
-        lower = how.lower()
+    ending = False
+    for line in batch_log.splitlines():
+        if _SRUN_ENDING.search(line):
+            ending = True
+            continue
+        m = _SRUN_TASK.search(line)
+        if not m:
+            continue
+        host, tasks, how = m.groups()
         for rank in _task_ids(tasks):
-            if "exited with exit code" in lower:
+            if "exited with exit code" in how.lower():
                 first.append(TaskFailure(rank, host, "exit code " + how.rsplit(" ", 1)[-1]))
+            elif not ending:
+                before_end.append(TaskFailure(rank, host, how))
             else:
                 killed.append(TaskFailure(rank, host, how))
-    return first + killed
+    return before_end + first + killed
 
 
 def run_command(argv: list[str], *, cwd: Optional[str] = None,
