@@ -178,7 +178,7 @@ def make_plan(
         strategy=str(cfg.trainer.strategy.name),
         cpu_rehearsal=bool(c.get("cpu_rehearsal", False)),
         requeue=bool(c.get("requeue", True)),
-        watchdog=cfg.get("watchdog") is not None and cfg.watchdog.timeout_s is not None,
+        watchdog=getattr(cfg, "watchdog", None) is not None and cfg.watchdog.timeout_s is not None,
         max_excluded_nodes=cfg.requeue.get("max_excluded_nodes"),
         workdir=workdir if workdir is not None else os.getcwd(),
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),

@@ -282,7 +282,7 @@ HANG_PHASES = ("step", "checkpoint", "startup")
 def _watchdog_problems(cfg) -> list[str]:
     """The watchdog's timeouts: positive, and below the collective timeout, so that a hang is seen (and every
     rank's stack captured) before a waiting rank's collective gives up and the job fails without them."""
-    w = cfg.get("watchdog")
+    w = getattr(cfg, "watchdog", None)  # a sweep member's config view gives attributes, not .get, nested
     if w is None or w.timeout_s is None:
         return []
     p = []
