@@ -22,6 +22,8 @@ from cluster.rendezvous import PORT_OVERRIDE_ENV
 RANK_ENTRY = "jobs.rank"
 # The module the batch host runs once the ranks have exited (`after STATUS RUN_DIR`).
 HOST_ENTRY = "jobs.host"
+# The hang watchdog the batch host runs beside srun (same arguments as the rank entry).
+WATCHDOG_ENTRY = "jobs.watchdog"
 
 # Environment variables a Slurm job inherits from the submitting shell (sbatch --export=NAMES, never ALL):
 # what a Python job needs to find itself and its caches. Nothing here may carry a secret; a token reaches the
@@ -80,6 +82,10 @@ class JobPlan:
     # DeepSpeed on CPU ranks was asked for (cluster.cpu_rehearsal)
     cpu_rehearsal: bool = False
     requeue: bool = True
+    # the batch host runs the hang watchdog beside srun (watchdog.timeout_s is set)
+    watchdog: bool = False
+    # nodes a run may exclude from its requeues (requeue.max_excluded_nodes; None: what the partition spares)
+    max_excluded_nodes: Optional[int] = None
     # the directory the job runs its setup lines and ranks in: where the user submitted from
     workdir: str = "/"
     # names of the submitting shell's variables the job inherits (sbatch --export); values never enter the plan
@@ -174,6 +180,8 @@ def make_plan(
         strategy=str(cfg.trainer.strategy.name),
         cpu_rehearsal=bool(c.get("cpu_rehearsal", False)),
         requeue=bool(c.get("requeue", True)),
+        watchdog=getattr(cfg, "watchdog", None) is not None and cfg.watchdog.timeout_s is not None,
+        max_excluded_nodes=cfg.requeue.get("max_excluded_nodes"),
         workdir=workdir if workdir is not None else os.getcwd(),
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
         min_nodes=None if c.get("min_nodes") in (None, int(c.nodes)) else int(c.min_nodes),

@@ -247,6 +247,11 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
     elif plan.min_nodes and plan.nodes > len(nodes) + len(down):
         p.append(f"cluster.nodes={plan.nodes} but {where} has {len(nodes) + len(down)} nodes in all: the range "
                  f"{plan.min_nodes}-{plan.nodes} can never be granted whole; lower cluster.nodes")
+    spare = len(nodes) - plan.nodes
+    if plan.max_excluded_nodes is not None and plan.max_excluded_nodes > max(spare, 0):
+        p.append(f"requeue.max_excluded_nodes={plan.max_excluded_nodes} but {where} has {len(nodes)} nodes and the "
+                 f"job needs {plan.nodes}: at most {max(spare, 0)} can be left out of a requeue; lower "
+                 f"requeue.max_excluded_nodes to {max(spare, 0)}")
     limit = facts.max_time_min.get(name)
     if limit is not None and plan.time_min > limit:
         p.append(f"cluster.time_min={plan.time_min} is over the MaxTime of {where} ({limit} min); lower "

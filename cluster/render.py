@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from cluster import quoting, table
-from cluster.plan import HOST_ENTRY, RANK_ENTRY, JobPlan
+from cluster.plan import HOST_ENTRY, RANK_ENTRY, WATCHDOG_ENTRY, JobPlan
 from cluster.rendezvous import SLURM_ENV, derive
 from cluster.adapters import sbatch_text
 from trainer_core import layout
@@ -141,13 +141,32 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     return checked, additional
 
 
-def host_step(plan: JobPlan) -> str:
-    """The batch script's last line: once srun has returned, the batch host reads how the ranks ended and
-    decides what follows (requeue, or why not; a failure when not every rank started): jobs/host.py. Its exit
-    status is the job's."""
+# the shell variables the script keeps srun's exit status and the watchdog's process id in
+RANKS_STATUS_VAR = "ZERORUN_RANKS_STATUS"
+WATCHDOG_PID_VAR = "ZERORUN_WATCHDOG_PID"
+
+
+def _entry_args(plan: JobPlan) -> tuple[str, list[str]]:
     python, *rest = plan.entry
-    args = rest[rest.index(RANK_ENTRY) + 1:] if RANK_ENTRY in rest else []
-    return f'exec {quoting.join([python, "-u", "-m", HOST_ENTRY, "after"])} "$?" {quoting.join(args)}'
+    return python, rest[rest.index(RANK_ENTRY) + 1:] if RANK_ENTRY in rest else []
+
+
+def watchdog_start(plan: JobPlan) -> list[str]:
+    """Before srun: the hang watchdog (jobs/watchdog.py) in the background on the batch host, outside the ranks."""
+    if not plan.watchdog:
+        return []
+    python, args = _entry_args(plan)
+    return [f"{quoting.join([python, '-u', '-m', WATCHDOG_ENTRY, *args])} &", f"{WATCHDOG_PID_VAR}=$!"]
+
+
+def host_step(plan: JobPlan) -> list[str]:
+    """The batch script's last lines: once srun has returned, the watchdog is stopped and the batch host reads
+    how the ranks ended and decides what follows (requeue, or why not; a failure when not every rank started;
+    a hang the watchdog recorded): jobs/host.py. Its exit status is the job's."""
+    python, args = _entry_args(plan)
+    stop = [f'kill "${WATCHDOG_PID_VAR}" 2>/dev/null'] if plan.watchdog else []
+    return [f"{RANKS_STATUS_VAR}=$?", *stop,
+            f'exec {quoting.join([python, "-u", "-m", HOST_ENTRY, "after"])} "${RANKS_STATUS_VAR}" {quoting.join(args)}']
 
 
 def _setup_lines(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
@@ -161,6 +180,7 @@ def _setup_lines(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
         "export SLURM_EXPORT_ENV=ALL",
         *plan.setup,
         *(quoting.assign(k, v) for k, v in plan.env),
+        *watchdog_start(plan),
     ]
 
 
@@ -176,7 +196,7 @@ def sbatch_script(plan: JobPlan, ctx: RenderContext, array: Optional[ArraySpec] 
     body = sbatch_text(
         command=quoting.join(srun_argv(plan, array)),
         setup=_setup_lines(plan, array),
-        teardown=[host_step(plan), ""],  # the empty line ends the script with a newline
+        teardown=[*host_step(plan), ""],  # the empty line ends the script with a newline
         additional=additional,
         **params,
     )

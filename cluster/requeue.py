@@ -137,6 +137,21 @@ def job_clock(job: str) -> Optional[JobClock]:
     return parse_job_clock(proc.stdout) if proc.returncode == 0 else None
 
 
+def scontrol_exclude(job: str, nodes: list[str]) -> tuple[bool, str]:
+    """Keep a requeued (pending) job off `nodes`: its excluded-node list. Slurm takes it only while the job is
+    pending, so this comes right after the requeue. Returns (ok, what happened)."""
+    from cluster import slurm
+
+    listed = ",".join(nodes)
+    try:
+        proc = slurm.run_command(["scontrol", "update", f"JobId={job}", f"ExcNodeList={listed}"], timeout=60)
+    except slurm.SlurmError as e:
+        return False, str(e)
+    if proc.returncode != 0:
+        return False, f"scontrol update JobId={job} ExcNodeList={listed} failed: {proc.stderr.strip()}"
+    return True, f"excluding {listed}"
+
+
 def scontrol_requeue(job: str) -> tuple[bool, str]:
     """Requeue one job with scontrol. Returns (ok, what happened)."""
     from cluster import slurm

@@ -140,6 +140,10 @@ def parse_scontrol(text: str) -> dict[str, JobState]:
 _SRUN_TASK = re.compile(r"srun: error: (\S+): tasks? ([0-9,\-]+): (.+?)\s*$", re.MULTILINE)
 
 
+# srun starts ending the other tasks of a step once one failed (--kill-on-bad-exit)
+_SRUN_ENDING = re.compile(r"srun: .*(Terminating StepId|Force Terminated|forcing job termination)")
+
+
 def _task_ids(text: str) -> list[int]:
     ids: list[int] = []
     for part in text.split(","):
@@ -149,18 +153,32 @@ def _task_ids(text: str) -> list[int]:
 
 
 def failed_tasks(batch_log: str) -> list[TaskFailure]:
-    """The ranks srun reported as failed, in the order it reported them; the ones it killed afterwards because
-    of --kill-on-bad-exit come last. Reads lines such as `srun: error: n2: task 1: Exited with exit code 1`."""
+    """The ranks srun reported as failed, the one that failed first first. Reads lines such as
+    `srun: error: n2: task 1: Exited with exit code 1` and `srun: error: n2: task 1: Killed`.
+
+    A rank killed by a signal before srun began ending the step (`_step_signal: Terminating StepId=...`) is a
+    cause (kill -9, the OOM killer): it comes first. After that line, the ranks that exited with an error (a
+    peer's loss seen in a collective) come before the ones srun killed because of --kill-on-bad-exit."""
+    before_end: list[TaskFailure] = []
     first: list[TaskFailure] = []
     killed: list[TaskFailure] = []
-    for host, tasks, how in _SRUN_TASK.findall(batch_log):
-        lower = how.lower()
+    ending = False
+    for line in batch_log.splitlines():
+        if _SRUN_ENDING.search(line):
+            ending = True
+            continue
+        m = _SRUN_TASK.search(line)
+        if not m:
+            continue
+        host, tasks, how = m.groups()
         for rank in _task_ids(tasks):
-            if "exited with exit code" in lower:
+            if "exited with exit code" in how.lower():
                 first.append(TaskFailure(rank, host, "exit code " + how.rsplit(" ", 1)[-1]))
+            elif not ending:
+                before_end.append(TaskFailure(rank, host, how))
             else:
                 killed.append(TaskFailure(rank, host, how))
-    return first + killed
+    return before_end + first + killed
 
 
 def run_command(argv: list[str], *, cwd: Optional[str] = None,
@@ -226,6 +244,41 @@ def scancel(job_id: str) -> None:
     out = run_command(["scancel", job_id])
     if out.returncode != 0:
         raise SlurmError(f"scancel {job_id} failed: {out.stderr.strip()}")
+
+
+def on_node(job_id: str, node: str, argv: list[str], timeout: float) -> tuple[int, str]:
+    """Inside a running job: run `argv` once on one of its nodes, beside the ranks (srun --overlap shares their
+    resources, so it starts even when they hold all of them). (exit status, its output)"""
+    try:
+        out = run_command(["srun", "--overlap", f"--jobid={job_id}", f"--nodelist={node}", "--nodes=1",
+                           "--ntasks=1", "--mem=0", "--quiet", *argv], timeout=timeout)
+    except SlurmTimeout as e:
+        return 124, str(e)
+    return out.returncode, out.stdout + out.stderr
+
+
+def job_steps(job_id: str) -> list[str]:
+    """The running steps of a job that run tasks (JOB.N: srun's), without its batch and extern steps."""
+    out = run_command(["squeue", "--steps", f"--jobs={job_id}", "--noheader", "--format=%i"])
+    steps = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return [s for s in steps if s.rpartition(".")[2].isdigit()]
+
+
+def kill_steps(job_id: str) -> tuple[bool, str]:
+    """Inside a running job: SIGKILL the tasks of each of its srun steps (the ranks), no SIGCONT or SIGTERM first
+    (which a cancel sends, and which would let a stopped rank run on). The job and its batch script live on, so
+    the script's last line still runs. (A signal to the whole job, `scancel --signal=KILL JOB`, cancels it.)"""
+    steps = job_steps(job_id)
+    if not steps:
+        return False, f"job {job_id} has no running step to end"
+    failed = []
+    for step in steps:
+        out = run_command(["scancel", "--signal=KILL", step])
+        if out.returncode != 0:
+            failed.append(f"{step}: {out.stderr.strip()}")
+    if failed:
+        return False, "scancel --signal=KILL failed for " + "; ".join(failed)
+    return True, f"sent SIGKILL to the ranks (step {', '.join(steps)})"
 
 
 def query(job_ids: Iterable[str]) -> dict[str, JobState]:

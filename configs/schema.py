@@ -228,6 +228,39 @@ class RequeueConfig:
     max_timeouts: int = 3
     # the same for preemptions; null: without limit
     max_preemptions: Optional[int] = None
+    # how many nodes a run may leave out of its requeues after a failure that belongs to one node (a failed
+    # health check); at most the partition's nodes minus the job's. null: as many as the partition can spare
+    max_excluded_nodes: Optional[int] = None
+
+
+@dataclass
+class HealthConfig:
+    # a quick check of each rank's node at start (device visible, a small matmul, one all-reduce); a failing node
+    # is named, excluded and the job requeued (requeue.max_excluded_nodes)
+    check: bool = True
+    # TEST ONLY: the check fails on this node
+    test_only_fail_on_node: Optional[str] = None
+
+
+@dataclass
+class WatchdogConfig:
+    # seconds without progress in training or validation (no optimizer step, no phase change on some rank) after
+    # which the attempt counts as hung: every rank's stack is captured, the attempt ends and is requeued.
+    # null: no watchdog
+    timeout_s: Optional[int] = 600
+    # the same while ranks start up (imports, data, model, process group) and run their first step
+    startup_timeout_s: int = 1200
+    # the same during a checkpoint save
+    checkpoint_timeout_s: int = 1200
+    # requeue a hung attempt (it resumes from the run's latest checkpoint); a second hang at the same step ends
+    # the run instead
+    requeue: bool = True
+    # TEST ONLY: make this rank block (sleep forever) in phase test_only_hang_in ("step", "checkpoint",
+    # "startup") at test_only_hang_at_step, in the first test_only_hang_attempts attempts. null: never
+    test_only_hang_rank: Optional[int] = None
+    test_only_hang_in: str = "step"
+    test_only_hang_at_step: int = 1
+    test_only_hang_attempts: int = 1
 
 
 @dataclass
@@ -257,6 +290,10 @@ class ZerorunConfig:
     trainer: TrainerConfig = MISSING
     cluster: ClusterConfig = MISSING
     requeue: RequeueConfig = field(default_factory=RequeueConfig)
+    # the node health check at rank start (trainer_core/health.py)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    # the hang watchdog (jobs/watchdog.py): how long without progress, per phase, counts as a hang
+    watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # settings of a sweep (`-m`): parallelism, id, what a second submission does, the metric that ranks members
     sweep: SweepConfig = field(default_factory=SweepConfig)
     seed: int = 42

@@ -143,6 +143,7 @@ def _checkpoint_and_requeue_problems(cfg: Any) -> list[str]:
     r = cfg.requeue
     _at_least(p, "requeue.max_timeouts", r.max_timeouts, 0, "0 never requeues after a time-out")
     _at_least(p, "requeue.max_preemptions", r.max_preemptions, 0, "null requeues without limit")
+    _at_least(p, "requeue.max_excluded_nodes", r.get("max_excluded_nodes", 0), 0, "0 never leaves a node out")
     return p
 
 
@@ -197,6 +198,7 @@ def _cluster_problems(cfg: Any) -> list[str]:
             f"trainer.collective_timeout_s={t.collective_timeout_s}: the ranks' collectives need a time limit; "
             "set it to a number of seconds above 0 (default 1800)"
         )
+    p += _watchdog_problems(cfg)
     if c.time_min < 1:
         p.append(f"cluster.time_min={c.time_min}: the time limit must be at least 1 minute")
     signal_name = str(c.signal).upper().removeprefix("SIG")
@@ -280,7 +282,7 @@ def _min_nodes_problems(cfg: Any) -> list[str]:
     """cluster.min_nodes: a range Slurm can grant, and one the planned global batch divides over at every size
     (the job keeps the global batch of cluster.nodes by accumulating more on fewer nodes)."""
     c = cfg.cluster
-    low = c.get("min_nodes")
+    low = getattr(c, "min_nodes", None)  # a sweep member's config view gives attributes
     if low is None:
         return []
     if not 1 <= low <= c.nodes:
@@ -294,3 +296,29 @@ def _min_nodes_problems(cfg: Any) -> list[str]:
                 f"{', '.join(map(str, bad))} node(s); raise cluster.min_nodes, or set trainer.accumulate_grad_batches "
                 "to a multiple of every node count in the range"]
     return []
+
+
+HANG_PHASES = ("step", "checkpoint", "startup")
+
+
+def _watchdog_problems(cfg) -> list[str]:
+    """The watchdog's timeouts: positive, and below the collective timeout, so that a hang is seen (and every
+    rank's stack captured) before a waiting rank's collective gives up and the job fails without them."""
+    w = getattr(cfg, "watchdog", None)  # a sweep member's config view gives attributes, not .get, nested
+    if w is None or w.timeout_s is None:
+        return []
+    p = []
+    timeouts = {"timeout_s": w.timeout_s, "startup_timeout_s": w.startup_timeout_s,
+                "checkpoint_timeout_s": w.checkpoint_timeout_s}
+    for key, value in timeouts.items():
+        if value is None or int(value) <= 0:
+            p.append(f"watchdog.{key}={value}: a number of seconds above 0 (or watchdog.timeout_s=null for no watchdog)")
+    collective = int(cfg.trainer.collective_timeout_s)
+    longest = max(int(v) for v in timeouts.values() if v is not None)
+    if not p and collective <= longest:
+        p.append(f"trainer.collective_timeout_s({collective}) must be above the watchdog's longest timeout "
+                 f"({longest}: {', '.join(f'watchdog.{k}={v}' for k, v in timeouts.items())}), or a waiting rank's "
+                 "collective fails the job before the hang is recorded; raise it or lower the watchdog's")
+    if w.test_only_hang_in not in HANG_PHASES:
+        p.append(f"watchdog.test_only_hang_in={w.test_only_hang_in!r}: one of {', '.join(HANG_PHASES)}")
+    return p

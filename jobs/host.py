@@ -6,6 +6,10 @@ what the local backend runs in the launching process: read how the ranks ended, 
   Why the signal came (preemption, time limit, scancel) is read here from the scheduler (the backend's job
   clock), the requeue decision is the pure `cluster.requeue.decide`, and the one side effect is the backend's
   requeue. The decision is appended to the run's attempts record as a "requeue" event.
+- The hang watchdog (jobs/watchdog.py) recorded this attempt as hung and ended its ranks: requeued, unless an
+  earlier attempt hung at the same step (the run ends instead of looping).
+- A rank's node failed its health check (trainer_core/health.py, a bad_node event): requeued with that node
+  excluded (the job's excluded-node list, with the run's earlier ones), up to requeue.max_excluded_nodes.
 - Anything else: the job failed. So does a job in which not every rank started (a launch failure that the
   launcher itself did not report): the script exits non-zero and the scheduler records the job as failed.
 
@@ -16,12 +20,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 from cluster import requeue
 from cluster.backends import Backend, get_backend
 from trainer_core import attempts
-from trainer_core.contract import EXIT_RESUMABLE
+from trainer_core.contract import EXIT_BAD_NODE, EXIT_RESUMABLE
 
 
 @dataclass(frozen=True)
@@ -39,9 +43,18 @@ def started_ranks(events: list[dict], job_id: str, restart_count: int) -> set[in
 
 def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size: int, job_signal: str,
                 signal_delay_s: int, max_timeouts: int, max_preemptions: Optional[int], requeue_enabled: bool,
-                environ: Mapping[str, str]) -> After:
+                environ: Mapping[str, str], watchdog_requeue: bool = True,
+                max_excluded_nodes: Union[int, Callable[[], int]] = 0) -> After:
     events = attempts.read(run_dir)
     job_id, restart = backend.job_identity(environ)
+    hang = attempts.hang_of(events, job_id, restart)
+    if hang is not None:
+        return after_hang(run_dir, hang, events, backend=backend, environ=environ,
+                          requeue_enabled=requeue_enabled and watchdog_requeue, max_excluded_nodes=max_excluded_nodes)
+    bad = attempts.bad_nodes_of(events, job_id, restart)
+    if bad:
+        return after_bad_nodes(run_dir, bad, events, backend=backend, environ=environ,
+                               requeue_enabled=requeue_enabled, max_excluded_nodes=max_excluded_nodes)
     missing = sorted(set(range(world_size)) - started_ranks(events, job_id, restart))
     if missing and ranks_status != EXIT_RESUMABLE:
         shown = ", ".join(map(str, missing[:16])) + (" ..." if len(missing) > 16 else "")
@@ -86,6 +99,81 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
     return After(code, f"stopped at step {step} ({cause}): {reason}")
 
 
+def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend, environ: Mapping[str, str],
+               requeue_enabled: bool, max_excluded_nodes: Union[int, Callable[[], int]] = 0) -> After:
+    """The watchdog found this attempt hung and ended its ranks: requeue it (it resumes from the run's latest
+    checkpoint), unless an earlier attempt hung at the same step (it would loop) or requeues are off. A hang
+    that began on one node only leaves that node out of the requeue, while requeue.max_excluded_nodes allows."""
+    step = hang.get("step")
+    what = attempts.describe_hang(hang, run_dir)
+    again = [e for e in events if e["event"] == "hung" and e.get("step") == step and e is not hang
+             and (str(e.get("job_id")), int(e.get("restart_count") or 0)) != (str(hang.get("job_id")),
+                                                                                int(hang.get("restart_count") or 0))]
+    why = ""
+    if again:
+        why = f"it hung at step {step} before (job {again[0].get('job_id')}): not requeued to hang again"
+    elif backend.no_requeue:
+        why = backend.no_requeue
+    elif not requeue_enabled:
+        why = "requeues are off (cluster.requeue=false or watchdog.requeue=false)"
+    if not why:
+        before = attempts.excluded_nodes(events)
+        exclude = before
+        if len(hang.get("nodes") or []) == 1:
+            limit = max_excluded_nodes() if callable(max_excluded_nodes) else max_excluded_nodes
+            wider = sorted(set(before) | set(hang["nodes"]))
+            exclude = wider if len(wider) <= limit else before
+        ok, said = backend.requeue(environ, exclude)
+        if ok:
+            left_out = f", without {', '.join(exclude)}" if exclude else ""
+            attempts.append(run_dir, "requeue", cause="hang", requeued=True, step=step, exit_code=0, excluded=exclude,
+                            reason=f"{what}; resumes from the run's latest checkpoint{left_out}")
+            return After(0, f"{what}; requeued{left_out}")
+        why = said
+    attempts.append(run_dir, "failed", job_id=str(hang.get("job_id")), exit_code=1, reason=f"{what}; {why}")
+    return After(1, f"{what}; {why}")
+
+
+def after_bad_nodes(run_dir: str, bad: dict[str, str], events: list[dict], *, backend: Backend,
+                    environ: Mapping[str, str], requeue_enabled: bool,
+                    max_excluded_nodes: Union[int, Callable[[], int]]) -> After:
+    """Ranks found their node unfit (trainer_core/health.py): requeue the job without those nodes and the ones
+    excluded before, while the run stays within requeue.max_excluded_nodes."""
+    job_id = backend.job_identity(environ)[0]
+    before = attempts.excluded_nodes(events)
+    exclude = sorted(set(before) | set(bad))
+    what = "; ".join(f"node {n} failed its health check: {why}" for n, why in sorted(bad.items()))
+    if callable(max_excluded_nodes):
+        max_excluded_nodes = max_excluded_nodes()
+    if len(exclude) > max_excluded_nodes:
+        why = (f"excluding {', '.join(exclude)} would leave out {len(exclude)} nodes, more than "
+               f"requeue.max_excluded_nodes={max_excluded_nodes}")
+    elif backend.no_requeue:
+        why = backend.no_requeue
+    elif not requeue_enabled:
+        why = "cluster.requeue=false: not requeued"
+    else:
+        ok, said = backend.requeue(environ, exclude)
+        if ok:
+            attempts.append(run_dir, "requeue", cause="bad_node", requeued=True, exit_code=0, excluded=exclude,
+                            bad_nodes=bad, reason=f"{what}; requeued without {', '.join(exclude)} ({said})")
+            return After(0, f"{what}; requeued without {', '.join(exclude)}")
+        why = said
+    attempts.append(run_dir, "failed", job_id=job_id, exit_code=EXIT_BAD_NODE, reason=f"{what}; {why}")
+    return After(EXIT_BAD_NODE, f"{what}; {why}")
+
+
+def max_excluded(cfg, backend_name: str) -> int:
+    """requeue.max_excluded_nodes, or when null what the job's partition spares (its nodes minus the job's, as
+    the scheduler says now; 0 when it does not answer)."""
+    set_to = cfg.requeue.get("max_excluded_nodes")
+    if set_to is not None:
+        return int(set_to)
+    facts = get_backend(backend_name).probe()
+    nodes = facts.partitions.get(cfg.cluster.partition or facts.default_partition or "", ())
+    return max(0, len(nodes) - int(cfg.cluster.nodes))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m jobs.host after STATUS RUN_DIR` or `... after STATUS --array SWEEP_INDEX_FILE`."""
     import os
@@ -111,7 +199,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          world_size=nodes * int(c.tasks_per_node), job_signal=str(c.signal),
                          signal_delay_s=int(c.signal_delay_s), max_timeouts=int(cfg.requeue.max_timeouts),
                          max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=bool(c.get("requeue", True)),
-                         environ=os.environ)
+                         environ=os.environ, watchdog_requeue=bool(cfg.get("watchdog", {}).get("requeue", True)),
+                         max_excluded_nodes=lambda: max_excluded(cfg, backend_name=str(c.backend)))
     if result.message:
         print(f"zerorun: {result.message}", flush=True)
     return result.exit_code

@@ -174,6 +174,15 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
                 state, detail = "FAILED", last.failure
             elif failed:
                 detail = f"rank {failed[0]} failed: {failed[1]}"
+        hangs = [a for a in attempts.attempts(events) if a.hang]
+        if hangs and last is not None and last.hang and (not st or st.finished) and not last.requeued:
+            state, detail = "HUNG", last.failure or attempts.describe_hang(last.hang, t.run_dir or "")
+        elif hangs and not detail:
+            h = hangs[-1]
+            detail = f"attempt {h.number} {attempts.describe_hang(h.hang, t.run_dir or '')}; requeued"
+        excluded = attempts.excluded_nodes(events)
+        if excluded:
+            detail = "; ".join(x for x in (detail, f"excluded nodes: {', '.join(excluded)}") if x)
         if not detail and st and st.finished and st.exit_code not in ("", "0:0"):
             detail = f"exit {st.exit_code}"
         rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "",
@@ -186,7 +195,27 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
             _print_table(("ATTEMPT", "JOB", "RANKS", "GLOBAL BATCH", "RESUMED FROM", "SIGNAL", "CHECKPOINT",
                           "OUTCOME"),
                          [_attempt_row(a) for a in runs], out)
+        t = targets[0]
+        st = states.get(t.job_id or "")
+        if st is not None and st.finished and st.state != "COMPLETED":
+            _print_failed_rank_tail(t, out)
     return 0
+
+
+# lines of a failed rank's log `zerorun status RUN` shows
+FAILED_LOG_LINES = 5
+
+
+def _print_failed_rank_tail(t: Target, out: TextIO) -> None:
+    """The last lines of the log of the rank that failed first (what srun reported for it: node, signal or exit
+    code), so a dead rank is named with what it said last."""
+    failed = failing_rank(t.run_dir, t.job_id, t.backend)
+    if failed is None:
+        return
+    path = rank_logs(t.run_dir, t.job_id, t.backend).get(failed[0])
+    lines = [ln for ln in (path.read_text(errors="replace").splitlines() if path else []) if ln.strip()]
+    out.write(f"\nrank {failed[0]} failed: {failed[1]}; the last lines of its log ({path}):\n")
+    out.write("".join(f"  {ln[-200:]}\n" for ln in lines[-FAILED_LOG_LINES:]) or "  (empty)\n")
 
 
 def _attempts_cell(events: list[dict]) -> str:
@@ -199,7 +228,12 @@ def _attempts_cell(events: list[dict]) -> str:
 
 
 def _attempt_row(a: attempts.Attempt) -> list[str]:
-    if a.failure:
+    if a.hang:
+        outcome = attempts.describe_hang(a.hang) + ("; requeued" if a.requeued else f"; {a.failure or 'ended'}")
+    elif a.bad_nodes and a.requeued:
+        outcome = (f"bad node {', '.join(f'{n} ({why})' for n, why in a.bad_nodes.items())}; requeued excluding "
+                   f"{', '.join(a.excluded)}")
+    elif a.failure:
         outcome = f"failed: {a.failure}"
     elif a.requeued:
         outcome = f"requeued: {a.requeue}"

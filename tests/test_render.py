@@ -323,13 +323,23 @@ def test_states_table_and_parsers():
 
 
 def test_failed_tasks_puts_the_first_failure_before_the_killed_ones():
-    log = ("srun: error: n1: task 0: Killed\n"
-           "srun: error: n2: task 1: Exited with exit code 1\n"
-           "srun: Terminating StepId=5.0\n"
-           "srun: error: n1: tasks 2-3,5: Killed\n")
+    log = ("srun: error: n2: task 1: Exited with exit code 1\n"
+           "srun: launch/slurm: _step_signal: Terminating StepId=5.0\n"
+           "srun: error: n1: tasks 2-3,5: Killed\n"
+           "srun: error: n1: task 0: Exited with exit code 1\n")
     failures = slurm.failed_tasks(log)
     assert (failures[0].rank, failures[0].host, failures[0].how) == (1, "n2", "exit code 1")
     assert [f.rank for f in failures[1:]] == [0, 2, 3, 5]
+
+
+def test_a_rank_killed_before_srun_ends_the_step_is_the_cause():
+    # kill -9 of rank 1 (a real batch log): its peer then fails in a collective with exit code 1
+    log = ("srun: error: n2: task 1: Killed\n"
+           "srun: launch/slurm: _step_signal: Terminating StepId=237.0\n"
+           "srun: error: n1: task 0: Exited with exit code 1\n"
+           "srun: Force Terminated StepId=237.0\n")
+    failures = slurm.failed_tasks(log)
+    assert [(f.rank, f.host, f.how) for f in failures] == [(1, "n2", "Killed"), (0, "n1", "exit code 1")]
 
 
 def test_leaked_secrets_are_found_by_value():

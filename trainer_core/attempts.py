@@ -1,7 +1,8 @@
 """A run's attempts: one line of JSON per event in attempts.jsonl.
 
 Ranks append rank_start (each rank, first thing), start, first_step, signal, checkpoint and end (rank 0); the
-batch host appends requeue (what followed a resumable stop) or failed (a rank failed, or never started).
+batch host appends requeue (what followed a resumable stop or a hang) or failed (a rank failed, or never
+started), and the hang watchdog appends hung (step, phase, the ranks and nodes that stopped first, the stacks).
 `zerorun status` reads. Each event is one short line written with a single append, so a kill at any moment
 leaves whole lines (a torn last line is skipped when reading).
 """
@@ -62,6 +63,12 @@ class Attempt:
     stop: Optional[dict[str, Any]] = None
     # why the batch host recorded this attempt as failed
     failure: Optional[str] = None
+    # the watchdog's hung event, when this attempt hung
+    hang: Optional[dict[str, Any]] = None
+    # node -> why it failed its health check in this attempt
+    bad_nodes: dict[str, str] = field(default_factory=dict)
+    # the nodes the requeue that followed this attempt left out
+    excluded: list[str] = field(default_factory=list)
 
 
 def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
@@ -98,12 +105,17 @@ def attempts(events: list[dict[str, Any]]) -> list[Attempt]:
             elif kind == "requeue":
                 a.requeued, a.requeue, a.exit_code = bool(e.get("requeued")), e.get("reason"), e.get("exit_code")
                 a.cause = e.get("cause")
+                a.excluded = list(e.get("excluded") or [])
                 if a.signals and a.cause:
                     a.signals[-1] = f"{a.signals[-1]} ({a.cause})"
             elif kind == "end":
                 a.end, a.end_step = e.get("status"), e.get("step")
             elif kind == "failed":
                 a.failure, a.exit_code = e.get("reason"), e.get("exit_code")
+            elif kind == "hung":
+                a.hang = e
+            elif kind == "bad_node":
+                a.bad_nodes[str(e.get("node"))] = str(e.get("reason"))
     return out
 
 
@@ -132,3 +144,35 @@ def resumable(events: list[dict[str, Any]]) -> Optional[str]:
     if last.requeued is False and last.checkpoint_step is not None:
         return f"stopped at step {last.checkpoint_step}: {last.requeue}"
     return None
+
+
+def hang_of(events: list[dict[str, Any]], job_id: str, restart_count: int) -> Optional[dict[str, Any]]:
+    """The watchdog's hung event of one attempt (a job id and its restart count), if it hung."""
+    for e in events:
+        if e["event"] == "hung" and str(e.get("job_id")) == job_id and int(e.get("restart_count") or 0) == restart_count:
+            return e
+    return None
+
+
+def describe_hang(hang: dict[str, Any], run_dir: str | os.PathLike = "") -> str:
+    """"hung in training at step 12: rank 1 on n2 stopped first (stacks: RUN_DIR/stacks/41-0)"."""
+    ranks = ", ".join(map(str, hang.get("ranks") or [])) or "?"
+    nodes = ", ".join(hang.get("nodes") or []) or "?"
+    stacks = str(Path(run_dir) / hang["stacks"]) if hang.get("stacks") else "none"
+    return (f"hung in {hang.get('phase')} at step {hang.get('step')}: rank {ranks} on {nodes} stopped first, no "
+            f"progress for {hang.get('stalled_s')} s (stacks: {stacks})")
+
+
+def bad_nodes_of(events: list[dict[str, Any]], job_id: str, restart_count: int) -> dict[str, str]:
+    """node -> why, for the nodes that failed their health check in one attempt."""
+    return {str(e.get("node")): str(e.get("reason")) for e in events if e["event"] == "bad_node"
+            and str(e.get("job_id")) == job_id and int(e.get("restart_count") or 0) == restart_count}
+
+
+def excluded_nodes(events: list[dict[str, Any]]) -> list[str]:
+    """The nodes the run's requeues left out so far."""
+    out: list[str] = []
+    for e in events:
+        if e["event"] == "requeue" and e.get("requeued"):
+            out += [n for n in e.get("excluded") or [] if n not in out]
+    return out

@@ -82,6 +82,8 @@ class AtomicCheckpoint(pl.Callback):
         self.last_saved: Optional[Path] = None
         # why the save deferred to the epoch's end is made ("" when none is due)
         self._due_at_epoch_end = ""
+        # the rank's progress report (trainer_core/progress.py ReportProgress), told when a save starts and ends
+        self.progress: Optional[Any] = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         step = trainer.global_step
@@ -121,6 +123,7 @@ class AtomicCheckpoint(pl.Callback):
         step = trainer.global_step
         strategy = trainer.strategy
         start = time.monotonic()
+        phase_before = self.progress.save_started(step) if self.progress is not None else ""
         for logger in trainer.loggers:
             logger.save()  # rank 0 only (Lightning's loggers write from rank 0)
         if strategy.is_global_zero:
@@ -135,6 +138,8 @@ class AtomicCheckpoint(pl.Callback):
         strategy.barrier("zerorun_ckpt_committed")
         self.last_saved_step = step
         self.last_saved = final if strategy.is_global_zero else None
+        if self.progress is not None:
+            self.progress.save_ended(step, phase_before)
         if strategy.is_global_zero:
             attempts.append(self.store.root.parent, "checkpoint", step=step, why=why, path=str(final),
                             save_s=round(time.monotonic() - start, 3))

@@ -23,6 +23,9 @@ from typing import Mapping
 # A rank that checkpointed and stopped before the end: the run continues from that checkpoint (requeued by the
 # job script, or by hand with resume=RUN_DIR). 75 is EX_TEMPFAIL.
 EXIT_RESUMABLE = 75
+# A rank whose node failed its health check at start (trainer_core/health.py): the job is requeued without
+# that node. 76 is EX_PROTOCOL, unused by Python and by the launchers.
+EXIT_BAD_NODE = 76
 
 # fact -> the variable that carries it into a rank
 ENV: Mapping[str, str] = {

@@ -11,6 +11,8 @@ render paths into it and the verbs that read it.
       checkpoints/           step-NNNNNNNN/ folders and the `latest` pointer (trainer_core/checkpoint_store.py)
       logs/                  one log per rank per job, and the batch script's own
       ranks/rank-N.json      what each rank saw (place in the job, node, metrics, weights digest)
+      progress/rank-N.json   each rank's latest step and phase, rewritten in place (the hang watchdog reads it)
+      stacks/JOB-R/rank-N.txt  every rank's stacks when the watchdog found attempt R of job JOB hung
       metrics.json           the final metrics (written once, by rank 0, when the run completes)
       csv/ tensorboard/      the logger's files, one continuous run across attempts
 
@@ -36,6 +38,8 @@ CHECKPOINTS = "checkpoints"
 LOGS = "logs"
 RANK_REPORTS = "ranks"
 METRICS = "metrics.json"
+PROGRESS = "progress"
+STACKS = "stacks"
 
 # A scheduler's file-name pattern expands %j (job id) and %t (task id = global rank); one file per rank.
 RANK_LOG_PATTERN = "%j_%t.out"
@@ -86,3 +90,16 @@ def logs_by_rank(run_dir: PathLike, pattern: str, sep: str) -> dict[int, Path]:
         if rank.isdigit():
             found[int(rank)] = p
     return dict(sorted(found.items()))
+
+
+def progress_file(rank: int) -> str:
+    return f"{PROGRESS}/rank-{rank}.json"
+
+
+def stacks_dir(job_id: str, restart_count: int) -> str:
+    """The folder of one attempt's stack files (the attempt: a job id and how often Slurm restarted it)."""
+    return f"{STACKS}/{job_id}-{restart_count}"
+
+
+def stack_file(job_id: str, restart_count: int, rank: int) -> str:
+    return f"{stacks_dir(job_id, restart_count)}/rank-{rank}.txt"

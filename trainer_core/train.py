@@ -24,10 +24,13 @@ from trainer_core import attempts, console, layout
 from trainer_core.signals import StopSignals
 from trainer_core.checkpoint_store import (CheckpointError, CheckpointMeta, CheckpointStore, model_config,
                                            resumed_accumulation, write_text_atomic)
-from trainer_core.contract import Rendezvous, free_port, single_process
+from trainer_core.contract import EXIT_BAD_NODE, Rendezvous, free_port, single_process
+from trainer_core.health import NodeHealth, NodeHealthError
 from trainer_core.checkpointing import AtomicCheckpoint
 from trainer_core.loggers import build_logger
 from trainer_core.preemption import RNGStates, StopAtStepBoundary, StopOutcome
+from trainer_core.progress import HangForTest, Progress
+from trainer_core.progress_report import ReportProgress
 from trainer_core.resize import ResizedResume
 from trainer_core.strategies import build_placement
 
@@ -61,6 +64,11 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     console.quiet()
     run_dir = Path(cfg.run_dir)
     rendezvous = rendezvous or single_process(port=free_port())
+    # the hang watchdog (outside this process) reads this rank's step and phase from here on
+    progress = Progress(run_dir, rendezvous)
+    progress.report(0, "startup")
+    hang = HangForTest(cfg.get("watchdog"), rendezvous)
+    hang.maybe("startup", 0)
     torch.set_num_threads(max(1, int(cfg.cluster.cpus_per_task)))
     pl.seed_everything(cfg.seed, workers=True)
 
@@ -96,7 +104,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     trainer, stopper = build_trainer(cfg, rendezvous, run_dir, store, meta, signals,
                                      resumed_step=resume_from.step if resume_from else None,
                                      resumed=resume_from.found if resume_from else None,
-                                     load_universal=load_universal)
+                                     load_universal=load_universal, progress=progress, hang=hang)
     if rendezvous.rank == 0:
         attempts.append(run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
                         restart_count=rendezvous.restart_count,
@@ -104,7 +112,14 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
                         resumed_world_size=resume_from.found.world_size if resume_from else None,
                         global_batch=rendezvous.world_size * micro_batch * meta.accumulate_grad_batches,
                         accumulate_grad_batches=meta.accumulate_grad_batches)
-    trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
+    try:
+        trainer.fit(task, datamodule=datamodule, ckpt_path=str(resume_from.path) if resume_from else None)
+    except NodeHealthError as e:
+        # recorded (bad_node) by the check; the batch host requeues the job without this node
+        log.error("zerorun: %s", e)
+        print(f"zerorun: {e}", flush=True)
+        progress.close()
+        return Outcome({}, EXIT_BAD_NODE, None)
     if signals is not None:
         # A rank (jobs/rank.py): nothing is left to stop at a step boundary; it finishes its reports and exits
         # with its own status.
@@ -122,6 +137,8 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
         attempts.append(run_dir, "end", status="stopped" if stopped else "completed", step=trainer.global_step)
     # the job script on the batch host decides what follows a resumable exit (requeue, or why not)
     stop = stopper.finish()
+    progress.report(trainer.global_step, "done")  # nothing left that could hang: the process exits
+    progress.close()
     return Outcome(metrics, stop.exit_code if stop else 0, stop)
 
 
@@ -129,7 +146,8 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
                   meta: CheckpointMeta, signals: Optional[StopSignals] = None,
                   resumed_step: Optional[int] = None,
                   resumed: Optional[CheckpointMeta] = None,
-                  load_universal: bool = False) -> tuple[pl.Trainer, StopAtStepBoundary]:
+                  load_universal: bool = False, progress: Optional[Progress] = None,
+                  hang: Optional[HangForTest] = None) -> tuple[pl.Trainer, StopAtStepBoundary]:
     """The Trainer for this rank. `meta` describes what this run's checkpoints hold (its accumulation is the
     one the run uses: resumed on another number of ranks it keeps the global batch); `resumed`, the checkpoint
     it resumes from, and `load_universal` whether DeepSpeed loads it re-partitioned (universal format)."""
@@ -140,6 +158,16 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
     if resumed_step is not None:
         checkpoint.last_saved_step = resumed_step  # that step is on disk, whole
     stopper = StopAtStepBoundary(cfg, str(run_dir), checkpoint, signals=signals)
+    reporting: list[pl.Callback] = []
+    if progress is not None:
+        w = cfg.get("watchdog")
+        report = ReportProgress(progress, hang or HangForTest(None, rendezvous),
+                                w.timeout_s if w is not None else None)
+        checkpoint.progress = report
+        reporting.append(report)
+    health = cfg.get("health")
+    if health is None or health.get("check", True):
+        reporting.append(NodeHealth(str(run_dir), rendezvous, health))
     trainer = pl.Trainer(
         accelerator=placement.accelerator,
         devices=placement.devices,
@@ -158,7 +186,7 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         deterministic=t.deterministic,
         # every attempt of a run continues the same logger run (version 0), from the step it resumes at
         logger=build_logger(t.logger, run_dir, resumed_step),
-        callbacks=[checkpoint, stopper, RNGStates(),
+        callbacks=[*reporting, checkpoint, stopper, RNGStates(),
                    *([ResizedResume(resumed, int(cfg.dataset.batch_size))] if resumed is not None else []),
                    *console.progress_bars(t.enable_progress_bar and rendezvous.rank == 0)],
         enable_checkpointing=False,  # AtomicCheckpoint owns checkpoints

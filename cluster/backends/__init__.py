@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Optional, Protocol, TextIO, runtime_checkable
+from typing import TYPE_CHECKING, Mapping, Optional, Protocol, Sequence, TextIO, runtime_checkable
 
 from trainer_core.contract import Rendezvous
 
@@ -74,8 +74,17 @@ class Backend(Protocol):
     def job_clock(self, environ: Mapping[str, str]) -> Optional["JobClock"]:
         """On the batch host: the job's end and preempt times, where the scheduler tells them."""
 
-    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
-        """On the batch host: put this exact job back into the queue. (ok, what happened)"""
+    def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
+        """On the batch host: put this exact job back into the queue, kept off the nodes in `exclude` (the
+        whole list: the run's bad nodes so far). (ok, what happened)"""
+
+    def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
+        """Inside the job (the hang watchdog): run `argv` once on one of the job's nodes, beside the ranks, even
+        while they hold every resource. (exit status, its output)"""
+
+    def end_ranks(self, environ: Mapping[str, str], pids: Sequence[tuple[str, int]]) -> tuple[bool, str]:
+        """Inside the job (the hang watchdog): kill every rank now (`pids`: (node, pid) of every rank, for a backend
+        that kills by pid), so the launcher returns. (ok, what happened)"""
 
 
 # name -> "module:Class"; imported only when asked for

@@ -20,10 +20,11 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, TextIO
+from typing import Any, Iterator, Mapping, Optional, Sequence, TextIO
 
 from cluster import quoting, render, rendezvous
 from cluster.plan import JobPlan, RankSpec
+from cluster.here import local_command
 from cluster.preflight import ClusterFacts, Preflight, plan_problems
 from cluster.rendezvous import PORT_OVERRIDE_ENV, SLURM_ENV
 from trainer_core import layout
@@ -129,8 +130,17 @@ class LocalBackend:
     def job_clock(self, environ: Mapping[str, str]) -> None:
         return None
 
-    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
+    def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
         return False, "a local run cannot be requeued"
+
+    def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
+        return local_command(argv, timeout)  # every rank runs on this machine
+
+    def end_ranks(self, environ: Mapping[str, str], pids: Sequence[tuple[str, int]]) -> tuple[bool, str]:
+        for _node, pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        return True, f"sent SIGKILL to the ranks (pids {', '.join((str(p) for _n, p in pids))})"
 
 
 def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None) -> LocalResult:
@@ -246,4 +256,5 @@ def tail(path: str, lines: int = 20) -> str:
         return "".join(Path(path).read_text(errors="replace").splitlines(keepends=True)[-lines:])
     except OSError:
         return ""
+
 

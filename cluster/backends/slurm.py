@@ -5,9 +5,10 @@ and scontrol (cluster/slurm.py), and inside the job the rank contract derived fr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, TextIO
+from typing import Mapping, Optional, Sequence, TextIO
 
 from cluster import preflight, render, rendezvous, requeue, slurm
+from cluster.here import local_command
 from cluster.plan import JobPlan
 from trainer_core import layout
 from trainer_core.contract import Rendezvous
@@ -73,5 +74,19 @@ class SlurmBackend:
     def job_clock(self, environ: Mapping[str, str]) -> Optional[requeue.JobClock]:
         return requeue.job_clock(requeue.job_to_requeue(environ))
 
-    def requeue(self, environ: Mapping[str, str]) -> tuple[bool, str]:
-        return requeue.scontrol_requeue(requeue.job_to_requeue(environ))
+    def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
+        job = requeue.job_to_requeue(environ)
+        ok, what = requeue.scontrol_requeue(job)
+        if ok and exclude:
+            excluded, said = requeue.scontrol_exclude(job, sorted(exclude))
+            what = f"{what}, {said}" if excluded else f"{what}, but not {said}"
+        return ok, what
+
+    def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
+        job_id = environ.get(rendezvous.SLURM_ENV["job_id"], "")
+        if node == environ.get(rendezvous.SLURM_ENV["node_name"]):
+            return local_command(argv, timeout)  # the batch host is that node: no srun needed
+        return slurm.on_node(job_id, node, argv, timeout)
+
+    def end_ranks(self, environ: Mapping[str, str], pids: Sequence[tuple[str, int]]) -> tuple[bool, str]:
+        return slurm.kill_steps(environ.get(rendezvous.SLURM_ENV["job_id"], ""))
