@@ -159,7 +159,8 @@ def submit_pending(record: SweepRecord, err: TextIO = sys.stderr) -> list[sweep_
     if done:
         sweep_record.save(record)
     for sub in left:
-        job = slurm.sbatch(record.sweep_dir, sub.script)
+        # the runs' path too: an sbatch that does not answer in time is looked up by name before it counts as failed
+        job = slurm.sbatch_or_find(record.sweep_dir, sub.job_name, sub.script)
         _crash_point("after-sbatch")
         sweep_record.mark_queued(record, sub, job, "sbatch")
         sweep_record.save(record)
