@@ -7,6 +7,7 @@ or importing them. `check_config` runs both. Imported on the submission side (no
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import sys
@@ -260,7 +261,10 @@ def _module_origin(dotted: str, package: bool = False) -> Optional[Any]:
         return getattr(sys.modules[dotted], "__file__", None) or dotted
     parts, path, spec = dotted.split("."), None, None
     for i in range(len(parts)):
-        spec = PathFinder.find_spec(".".join(parts[: i + 1]), path)
+        # the top-level package through every finder (an editable install's own finder too: PathFinder alone
+        # missed it, so an installed `zerorun` run from another folder found no task), the rest by path
+        name = ".".join(parts[: i + 1])
+        spec = importlib.util.find_spec(name) if i == 0 else PathFinder.find_spec(name, path)
         if spec is None:
             return None
         path = spec.submodule_search_locations

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import os
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,18 @@ def test_tokenizer_model_mismatch_names_the_fix(compose):
     with pytest.raises(ValueError) as e:
         build_model(cfg.backbone, cfg.task.name, tok)
     assert "encoder-decoder" in str(e.value) and "backbone.pretrained_model_name_or_path" in str(e.value)
+
+
+def test_the_installed_command_finds_its_tasks_from_any_folder(tmp_path):
+    # the console script from a folder outside the repository: the task modules come through the install
+    import subprocess
+    import sys
+
+    zerorun = Path(sys.executable).parent / "zerorun"
+    if not zerorun.exists():
+        pytest.skip("no zerorun console script beside this interpreter (the package is not installed)")
+    proc = subprocess.run([str(zerorun), "dry_run=true", f"cluster.runs_dir={tmp_path / 'runs'}"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "preflight: ok" in proc.stdout
