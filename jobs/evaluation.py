@@ -232,3 +232,36 @@ def read_result(eval_dir: Path) -> tuple[Optional[dict], Optional[dict]]:
     except (OSError, ValueError):
         info = None
     return _metrics(str(eval_dir)), info
+
+
+def show_evaluations(folder: Optional[str | os.PathLike], out: TextIO) -> None:
+    """The evaluations of a run or sweep folder, one row each: job, state, split, what was evaluated, metrics."""
+    from cluster import table
+    from cluster.backends import get_backend
+    from jobs import chains, snapshot
+
+    found = evaluations(folder) if folder else []
+    if not found:
+        return
+    rows = []
+    for d in found:
+        metrics, info = read_result(d)
+        record = snapshot.read_record(d)
+        state, detail = ("DONE" if metrics else "NOT RUN"), ""
+        if record is not None and record.job_id:
+            backend = get_backend(str(runs.load_config(d).cluster.backend))
+            st = backend.query([record.job_id])[record.job_id]
+            state = st.state
+            if st.state == "PENDING" and record.dependency:
+                detail = f"waits for {record.dependency} ({st.reason or 'Dependency'})"
+            elif st.state == "CANCELLED":
+                detail = chains.explain_cancel(record.dependency, backend.query) or ""
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted((metrics or {}).items()) if k != "checkpoint_step")
+        what = ""
+        if info:
+            what = f"step {info.get('checkpoint_step')}" + (f" of member {info['member']}" if "member" in info else "")
+        cfg_split = (info or {}).get("split") or d.name.split("-")[0]
+        rows.append([record.job_id if record and record.job_id else "-", state, cfg_split, what,
+                     shown or detail or "-", str(d)])
+    out.write("\nevaluations (zerorun eval):\n")
+    table.show(("JOB", "STATE", "SPLIT", "EVALUATED", "METRICS", "FOLDER"), rows, out)

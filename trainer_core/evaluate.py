@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from trainer_core import console, layout
+from trainer_core import attempts, console, layout
 from trainer_core.checkpoint_store import CheckpointError, CheckpointMeta, CheckpointStore, model_config
 from trainer_core.contract import Rendezvous, free_port, single_process
 from trainer_core.durable import write_atomic
@@ -101,6 +101,9 @@ def evaluate(cfg: DictConfig, rendezvous: Optional[Rendezvous], source_run_dir: 
         enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(cfg.run_dir),
     )
+    if rendezvous.rank == 0:
+        attempts.append(cfg.run_dir, "start", job_id=rendezvous.job_id, world_size=rendezvous.world_size,
+                        restart_count=rendezvous.restart_count, evaluates=str(latest))
     trainer.validate(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     metrics["checkpoint_step"] = float(found.step)
@@ -111,6 +114,7 @@ def evaluate(cfg: DictConfig, rendezvous: Optional[Rendezvous], source_run_dir: 
         out = Path(cfg.run_dir)
         write_atomic(out / EVALUATED, json.dumps(info, indent=1, sort_keys=True) + "\n")
         write_atomic(out / layout.METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
+        attempts.append(out, "end", status="completed", step=found.step)
         print(f"zerorun: evaluated {latest} on split {cfg.dataset.validation_split!r}: "
               + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())), flush=True)
     return metrics
