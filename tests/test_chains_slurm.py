@@ -165,3 +165,41 @@ def test_eval_best_waits_for_the_sweep_array_and_evaluates_its_best_member(slurm
 
     sweep_status([str(sweep_dir)], out=out)
     assert f"step 10 of member {best}" in out.getvalue(), out.getvalue()
+
+
+def test_a_requeued_dependency_keeps_its_id_and_the_chained_job_waits_for_its_final_end(slurm_cluster, tmp_path):
+    """Preemption requeues the training job under the same id: afterok is not satisfied by the preempted attempt,
+    only by the run's final end."""
+    from trainer_core import attempts
+
+    runs = tmp_path / "runs"
+    proc = zerorun(*NODE_CPU, *TINY, f"cluster.runs_dir={runs}", "trainer.max_steps=40", "trainer.val_check_interval=40",
+                   "trainer.log_every_n_steps=1")
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(runs)
+    train_job = job_of(run_dir)
+    assert zerorun("eval", str(run_dir)).returncode == 0
+    eval_job = job_of(eval_dir_of(run_dir))
+
+    deadline = time.monotonic() + 90
+    while not any(e["event"] == "first_step" for e in attempts.read(run_dir)):
+        assert time.monotonic() < deadline, "the training job never made a step"
+        time.sleep(0.3)
+    subprocess.run(["sbatch", "--parsable", "-p", "high", "-N", "2", "--exclusive", "-t", "1", "-o", "/dev/null",
+                    "-J", "zr-preempt", "--wrap", "sleep 1"], check=True, capture_output=True, timeout=30)
+    seen = []
+    deadline = time.monotonic() + 150
+    while True:
+        train = slurm.query([train_job])[train_job]
+        if train.finished:
+            break
+        seen.append(squeue_row(eval_job))
+        assert time.monotonic() < deadline, f"training did not end: {train}"
+        time.sleep(0.5)
+    assert train.state == "COMPLETED", train
+    requeues = [e for e in attempts.read(run_dir) if e["event"] == "requeue"]
+    assert requeues and requeues[0]["requeued"], "the training job was not preempted and requeued"
+    assert set(seen) == {("PENDING", "Dependency")}, seen
+    assert wait(eval_job, 120).state == "COMPLETED"
+    info = json.loads((eval_dir_of(run_dir) / "eval.json").read_text())
+    assert info["checkpoint_step"] == 40, info
