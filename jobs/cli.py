@@ -71,7 +71,7 @@ def _report(argv: list[str]) -> int:
 
 
 def _eval(argv: list[str]) -> int:
-    from jobs.evaluation import eval_verb
+    from jobs.verbs import eval_verb
 
     return eval_verb(argv)
 

@@ -13,12 +13,11 @@ that have final metrics then.
 
 Results: EVAL_DIR/metrics.json (the task's metrics, as a run's) and EVAL_DIR/eval.json (what was evaluated: run,
 checkpoint, step, split); `zerorun status RUN_DIR` and `zerorun status SWEEP_DIR` list the evaluations.
-Imports nothing of the training stack on the submission side.
+The verb itself is jobs/verbs.py eval_verb. Imports nothing of the training stack on the submission side.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -136,27 +135,6 @@ def eval_config(target: str, best: bool, overrides: Sequence[str]) -> DictConfig
         raise EvalError(f"{target} has ended without a checkpoint to evaluate "
                         f"({CheckpointStore(folder).describe()}); resume it (resume={target}) or evaluate another run")
     return cfg
-
-
-def eval_verb(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    p = argparse.ArgumentParser(
-        prog="zerorun eval",
-        description="Evaluate a run's final checkpoint on a split (its task's metric: BLEU, perplexity) as a job of "
-                    "its own, after the run's job. Overrides: split=NAME, cluster=NAME, cluster.*, dataset.*, "
-                    "dry_run=true.")
-    p.add_argument("target", help="a run folder, or a sweep folder with --best")
-    p.add_argument("--best", action="store_true", help="evaluate the sweep's best member (sweep.metric, sweep.mode), "
-                   "chosen once its arrays have ended")
-    p.add_argument("overrides", nargs="*", help="KEY=VALUE: split=test, cluster=slurm, cluster.nodes=1, ...")
-    args = p.parse_args(argv)
-    from jobs.app import launch
-
-    try:
-        cfg = eval_config(args.target, args.best, args.overrides)
-    except (EvalError, sweep_record.RecordError, FileNotFoundError, ValueError) as e:
-        err.write(f"zerorun: not submitted: {e}\n")
-        return 2
-    return launch(cfg)
 
 
 # ---- inside the job ---------------------------------------------------------------------------------------------

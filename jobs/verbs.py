@@ -353,3 +353,26 @@ def cancel(argv: list[str], out: TextIO = sys.stdout) -> int:
         return 1
     out.write(f"zerorun: cancel requested for job {t.job_id}; see zerorun status {t.job_id}\n")
     return 0
+
+
+def eval_verb(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    p = argparse.ArgumentParser(
+        prog="zerorun eval",
+        description="Evaluate a run's final checkpoint on a split (its task's metric: BLEU, perplexity) as a job of "
+                    "its own, after the run's job. Overrides: split=NAME, cluster=NAME, cluster.*, dataset.*, "
+                    "dry_run=true.")
+    p.add_argument("target", help="a run folder, or a sweep folder with --best")
+    p.add_argument("--best", action="store_true", help="evaluate the sweep's best member (sweep.metric, sweep.mode), "
+                   "chosen once its arrays have ended")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE: split=test, cluster=slurm, cluster.nodes=1, ...")
+    args = p.parse_args(argv)
+    from jobs.app import launch
+    from jobs.evaluation import EvalError, eval_config
+    from jobs.sweeps.record import RecordError
+
+    try:
+        cfg = eval_config(args.target, args.best, args.overrides)
+    except (EvalError, RecordError, FileNotFoundError, ValueError) as e:
+        err.write(f"zerorun: not submitted: {e}\n")
+        return 2
+    return launch(cfg)

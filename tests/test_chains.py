@@ -14,7 +14,7 @@ from cluster import render
 from cluster.plan import make_plan
 from cluster.slurm import JobState
 from conftest import only_run_dir, shrink
-from jobs import chains, evaluation
+from jobs import chains, evaluation, verbs
 from jobs.app import launch
 from jobs.chains import Decision, Upstream, decide
 
@@ -95,7 +95,7 @@ def test_eval_refuses_what_it_cannot_evaluate_before_submitting(compose, tmp_pat
     }
     for argv, message in cases.items():
         err = io.StringIO()
-        assert evaluation.eval_verb(list(argv), err=err) == 2, argv
+        assert verbs.eval_verb(list(argv), err=err) == 2, argv
         assert message in err.getvalue(), (argv, err.getvalue())
     assert not (run_dir / "eval").exists()
 
@@ -108,7 +108,7 @@ def test_eval_of_a_deepspeed_run_measures_its_final_perplexity(compose, tmp_path
     assert launch(cfg) == 0
     run_dir = only_run_dir(tmp_path / "runs")
     err = io.StringIO()
-    assert evaluation.eval_verb([str(run_dir), "split=validation"], err=err) == 0, err.getvalue()
+    assert verbs.eval_verb([str(run_dir), "split=validation"], err=err) == 0, err.getvalue()
     [eval_dir] = evaluation.evaluations(run_dir)
     trained = json.loads((run_dir / "metrics.json").read_text())
     measured = json.loads((eval_dir / "metrics.json").read_text())
