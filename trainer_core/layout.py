@@ -15,6 +15,8 @@ render paths into it and the verbs that read it.
       stacks/JOB-R/rank-N.txt  every rank's stacks when the watchdog found attempt R of job JOB hung
       metrics.json           the final metrics (written once, by rank 0, when the run completes)
       csv/ tensorboard/      the logger's files, one continuous run across attempts
+      eval/SPLIT-ID/         evaluations of this run (`zerorun eval`): run folders of their own, with
+                             metrics.json and eval.json (what was evaluated)
 
 Pure: names and path arithmetic only.
 """
