@@ -233,11 +233,6 @@ def wait_here(cfg, err: TextIO = sys.stderr, poll_s: float = WAIT_POLL_S, wait: 
         sleep(poll_s)
 
 
-def describe(cfg) -> str:  # type: ignore[no-untyped-def]
-    after, kind = _settings(cfg)
-    return f"{kind} on {after}" if after else ""
-
-
 def explain_cancel(dependency: Optional[str], query: Callable[[list[str]], dict]) -> Optional[str]:
     """Why a job with this dependency was cancelled before it ran: the dependencies that did not end well (as
     `query` reports them), or None when none did (someone cancelled it)."""

@@ -31,8 +31,8 @@ from jobs import runs
 from jobs.sweeps import record as sweep_record
 from trainer_core import layout
 
-EVALS = "eval"
-EVALUATED = "eval.json"
+EVALS = layout.EVALS
+EVALUATED = layout.EVALUATED
 # groups an evaluation may choose anew (the cluster it runs on); the others are the run's model and data
 FREE_GROUPS = ("cluster",)
 MODEL_GROUPS = ("task", "dataset", "backbone", "optimizer", "scheduler", "trainer")

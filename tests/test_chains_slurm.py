@@ -115,10 +115,17 @@ def test_a_failed_dependency_cancels_the_waiting_job_and_status_says_why(slurm_c
     assert proc.returncode == 0, proc.stderr
     eval_dir = eval_dir_of(run_dir)
     eval_job = job_of(eval_dir)
+    # the same chain on cluster=local waits here, in the foreground, and then refuses to start
+    here = subprocess.Popen([sys.executable, "-m", "jobs.cli", "eval", str(run_dir), "cluster=local"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     assert wait(train_job, 60).state == "FAILED"
     st = wait(eval_job, 30)  # pending for ever without kill-on-invalid-dep
     assert st.state == "CANCELLED", st
+    _, err = here.communicate(timeout=60)
+    assert here.returncode == 2, err
+    assert f"waiting here for {train_job} to end" in err and f"(job {train_job}) ended FAILED" in err, err
+    assert evaluation.evaluations(run_dir) == [eval_dir], "the local evaluation must start nothing"
     out = io.StringIO()
     verbs.status([str(eval_dir)], out=out)
     row = next(x for x in out.getvalue().splitlines() if x.startswith(eval_job))

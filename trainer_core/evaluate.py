@@ -28,9 +28,6 @@ from trainer_core.contract import Rendezvous, free_port, single_process
 from trainer_core.durable import write_atomic
 from trainer_core.strategies import build_placement
 
-# the eval job's own files in its folder: the metrics (numbers only, as a run's metrics.json) and what was
-# evaluated (the run, its checkpoint, the split)
-EVALUATED = "eval.json"
 # DeepSpeed's state dict keys carry Lightning's wrapper around the module
 _DEEPSPEED_PREFIX = "_forward_module."
 
@@ -112,7 +109,7 @@ def evaluate(cfg: DictConfig, rendezvous: Optional[Rendezvous], source_run_dir: 
                 "checkpoint_step": found.step, "split": str(cfg.dataset.validation_split),
                 "metric": spec.metric, "mode": spec.mode, "world_size": rendezvous.world_size}
         out = Path(cfg.run_dir)
-        write_atomic(out / EVALUATED, json.dumps(info, indent=1, sort_keys=True) + "\n")
+        write_atomic(out / layout.EVALUATED, json.dumps(info, indent=1, sort_keys=True) + "\n")
         write_atomic(out / layout.METRICS, json.dumps(metrics, indent=1, sort_keys=True) + "\n")
         attempts.append(out, "end", status="completed", step=found.step)
         print(f"zerorun: evaluated {latest} on split {cfg.dataset.validation_split!r}: "

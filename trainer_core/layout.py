@@ -42,6 +42,9 @@ RANK_REPORTS = "ranks"
 METRICS = "metrics.json"
 PROGRESS = "progress"
 STACKS = "stacks"
+# evaluations of a run (`zerorun eval`): EVALS/SPLIT-ID/, each with EVALUATED (what it evaluated) beside METRICS
+EVALS = "eval"
+EVALUATED = "eval.json"
 
 # A scheduler's file-name pattern expands %j (job id) and %t (task id = global rank); one file per rank.
 RANK_LOG_PATTERN = "%j_%t.out"

@@ -56,8 +56,9 @@ def plan_arrays(config_views: Sequence[Any], nums: Sequence[int], run_dirs: Mapp
     facts = facts if facts is not None else preflight.probe()
     plans = []
     try:
-        # cluster.after: every array of the sweep waits for the same jobs (resolved again at each resubmission)
-        dependency = chains.dependency(config_views[0]) if config_views else None
+        # cluster.after: every array of the first submission waits for the same jobs; a resubmission of failed
+        # members does not wait (what the sweep waited for has ended by then, and may be why they failed)
+        dependency = chains.dependency(config_views[0]) if config_views and submission == 0 else None
     except chains.ChainError as e:
         return Planned(None, {}, [str(e)], notes)
     for view in config_views:
