@@ -124,7 +124,8 @@ def upstream_of_run(run_dir: Path) -> list[Upstream]:
     if record is None or not record.job_id:  # a run on a foreground backend: alive while its ranks are
         live = runs.live_job(run_dir)
         label = f"run {run_dir} (run here)"
-        return [Upstream("", label, "RUNNING" if live else "LOCAL", not live, ok, why)]
+        state = "RUNNING" if live else ("LOCAL" if attempts.read(run_dir) else "NEVER RUN (a dry run)")
+        return [Upstream("", label, state, not live, ok, why)]
     backend = get_backend(str(runs.load_config(run_dir).cluster.backend))
     st = backend.query([record.job_id])[record.job_id]
     label = f"run {run_dir} (job {record.job_id})"

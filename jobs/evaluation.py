@@ -60,9 +60,7 @@ def _cluster_group(name: str) -> DictConfig:
     register()
     with initialize_config_module("configs", version_base="1.3"):
         composed = compose("config", overrides=[f"cluster={name}"])
-    section = OmegaConf.create(OmegaConf.to_container(composed.cluster, resolve=True))
-    assert isinstance(section, DictConfig)
-    return section
+    return OmegaConf.create(OmegaConf.to_container(composed.cluster, resolve=True))  # type: ignore[return-value]
 
 
 def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> str:
