@@ -52,7 +52,8 @@ def report_data(record: SweepRecord, metric: str, curve: str, top: int = 5) -> d
               for key in record.params}
     axes = {key: vars(axis([p["value"] for p in pts], record.scales.get(key, AUTO))) for key, pts in points.items()}
     curves = {str(m.num): read_curve(m.run_dir, curve) for m in record.members}
-    ranked = [{"member": m.num, "overrides": m.overrides, "metric": v} for v, m in best(record, metric, record.mode, top)]
+    ranked = [{"member": m.num, "overrides": m.overrides, "metric": v}
+              for v, m in best(record, metric, record.mode, top)]
     return {"sweep_dir": record.sweep_dir, "metric": metric, "mode": record.mode, "curve": curve,
             "points": points, "axes": axes, "curves": {k: v for k, v in curves.items() if v},
             "best": ranked, "best_member": ranked[0]["member"] if ranked else None,

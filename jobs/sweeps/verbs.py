@@ -1,7 +1,8 @@
 """`zerorun status | resubmit | cancel | report SWEEP_DIR`: follow a sweep through its record (record.py).
 
-status    one row per member (with no argument, `zerorun status` adds one row per sweep: `overview`): overrides, state (squeue/sacct/scontrol: PENDING ... COMPLETED, FAILED, TIMEOUT,
-          PREEMPTED, CANCELLED), step, attempts, the sweep's metric, its array task, why it failed
+status    one row per member: overrides, state (squeue/sacct/scontrol: PENDING ... COMPLETED, FAILED, TIMEOUT,
+          PREEMPTED, CANCELLED), step, attempts, the sweep's metric, its array task, why it failed; with no
+          argument, `zerorun status` lists the runs and then one row per sweep (`overview`)
 resubmit  --failed: the members that failed, timed out for good or were cancelled, as a new array; each
           resumes from the checkpoints in its own run folder
 cancel    scancel every array of the sweep that still has members queued or running, including one the record
