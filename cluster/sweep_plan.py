@@ -4,9 +4,9 @@ A sweep of N members is submitted as job arrays of the same batch script: every 
 the sweep's geometry (nodes x tasks_per_node ranks), and array task i runs member `members[i]` of its array.
 An array holds at most MaxArraySize members (its task ids run 0..MaxArraySize-1), so a larger sweep is split
 into several arrays, each submitted with one sbatch call; `lanes` shares sweep.parallelism between them, so the
-whole sweep, not each array, runs at most that many members at once. Each array's script names an index file; the rank
-entry reads its member's run folder from that file by SLURM_ARRAY_TASK_ID (jobs/rank.py), so the script itself
-never lists members. The index file's writer (`index_text`) and reader (`member_run_dir`) are both here.
+whole sweep, not each array, runs at most that many members at once. Each array's script names an index file;
+the rank entry reads its member's run folder from that file by SLURM_ARRAY_TASK_ID (jobs/rank.py), so the script
+itself never lists members. The index file's writer (`index_text`) and reader (`member_run_dir`) are both here.
 
 Cluster facts (MaxArraySize, MaxJobCount) are asked outside planning (cluster.slurm.limits) and handed in.
 """

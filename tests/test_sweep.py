@@ -207,6 +207,7 @@ def test_the_report_axis_is_a_category_unless_numbers_have_a_scale(tmp_path):
     assert kind(["ddp", "deepspeed", "ddp"]) == ("category", ["ddp", "deepspeed"])
     assert kind(["zeta", "alpha"]) == ("category", ["zeta", "alpha"]), "the command line's order"
     assert kind([True, False]) == ("category", ["True", "False"])
+    assert kind([[1, 2], [3], [1, 2]]) == ("category", ["[1, 2]", "[3]"]), "a swept list is one label"
     # numbers with a fraction: a numeric axis, log when positive and a decade or more apart
     assert kind([1e-4, 3e-4, 1e-3]) == ("log", None)
     assert kind([0.1, 0.2, 0.3]) == ("linear", None)

@@ -96,11 +96,8 @@ def axis(values: list[Any], declared: str = AUTO) -> Axis:
             return Axis(LOG, xs, None)
         spans_decade = positive and len(set(xs)) > 1 and max(xs) / min(xs) >= 10
         return Axis(LOG if declared == AUTO and spans_decade else LINEAR, xs, None)
-    distinct = list(dict.fromkeys(values))
-    if numeric:
-        distinct.sort()
-    labels = [_label(v) for v in distinct]
-    where = {_label(v): float(i) for i, v in enumerate(distinct)}
+    labels = [_label(v) for v in sorted(set(values))] if numeric else list(dict.fromkeys(map(_label, values)))
+    where = {label: float(i) for i, label in enumerate(labels)}
     return Axis(CATEGORY, [where[_label(v)] for v in values], labels)
 
 
