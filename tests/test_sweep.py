@@ -164,6 +164,7 @@ def test_the_arrays_of_a_split_sweep_share_its_parallelism():
     # side by side, shared in proportion to the members (each at least 1): 9 + 1 = 10
     assert sweep_plan.lanes([1001, 1], 10) == [(9, None), (1, None)]
     assert sweep_plan.lanes([1001, 1001, 998], 256) == [(86, None), (85, None), (85, None)]
+    assert sweep_plan.lanes([1001, 1001, 498], 256) == [(103, None), (102, None), (51, None)], "docs/sweeps.md's"
     # fewer slots than arrays: two lanes of throttle 1, array 2 starts after array 0 has ended
     assert sweep_plan.lanes([2, 2, 1], 2) == [(1, None), (1, None), (1, 0)]
     assert sweep_plan.lanes([5] * 7, 3) == [(1, None), (1, None), (1, None), (1, 0), (1, 1), (1, 2), (1, 3)]
