@@ -194,10 +194,15 @@ def run_command(argv: list[str], *, cwd: Optional[str] = None,
         raise SlurmTimeout(f"{argv[0]} did not answer within {timeout:.0f} s: is slurmctld up? (scontrol ping)") from None
 
 
-def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
+def sbatch(run_dir: str, script: str = render.SCRIPT_NAME, after: Optional[str] = None) -> str:
     """Submit the run folder's script: the one side effect of submission. Returns the job id (an array's: the
-    array job id)."""
-    out = run_command(render.sbatch_argv(script=script), cwd=run_dir)
+    array job id). `after`: a job (a sweep's earlier array) this one starts after, however that one ended."""
+    argv = render.sbatch_argv(script=script)
+    if after is not None:
+        if not after.isdigit():
+            raise SlurmError(f"a job to wait for must be a job id, not {after!r}")
+        argv[-1:-1] = [f"--dependency=afterany:{after}"]
+    out = run_command(argv, cwd=run_dir)
     if out.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {out.stderr.strip() or out.stdout.strip()}")
     job_id = out.stdout.strip().split(";")[0]
@@ -207,7 +212,7 @@ def sbatch(run_dir: str, script: str = render.SCRIPT_NAME) -> str:
 
 
 def sbatch_or_find(run_dir: str, job_name: str, script: str = render.SCRIPT_NAME,
-                   retries_s: tuple[float, ...] = (0.0, 2.0, 5.0)) -> str:
+                   retries_s: tuple[float, ...] = (0.0, 2.0, 5.0), after: Optional[str] = None) -> str:
     """sbatch, and when it does not answer in time, look for the job it may have queued before saying it did not:
     a job of this name whose working directory is this folder, submitted since just before (live ones from
     squeue, finished ones from sacct). Raises SlurmError when none is found (saying it may still appear)."""
@@ -216,7 +221,7 @@ def sbatch_or_find(run_dir: str, job_name: str, script: str = render.SCRIPT_NAME
 
     since = time.time()
     try:
-        return sbatch(run_dir, script)
+        return sbatch(run_dir, script, after)
     except SlurmTimeout as e:
         why: Optional[str] = None
         for pause in retries_s:
@@ -238,6 +243,18 @@ def test_only(run_dir: str, script: str = render.SCRIPT_NAME) -> tuple[bool, str
     """`sbatch --test-only`: would Slurm take the script, and when and where would it start? Submits nothing."""
     out = run_command(render.sbatch_argv(test_only=True, script=script), cwd=run_dir)
     return out.returncode == 0, (out.stderr.strip() or out.stdout.strip())
+
+
+def has_live_tasks(array_job_id: str) -> bool:
+    """Does Slurm still hold a pending or running task of this (array) job? True when squeue cannot tell: a
+    dependency on a job Slurm knows is harmless, one it forgot is refused."""
+    try:
+        out = run_command(["squeue", "-h", "-j", array_job_id, "-o", "%i"])
+    except SlurmError:
+        return True
+    if out.returncode != 0:
+        return "Invalid job id" not in out.stderr
+    return bool(out.stdout.strip())
 
 
 def scancel(job_id: str) -> None:

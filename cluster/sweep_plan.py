@@ -3,9 +3,10 @@
 A sweep of N members is submitted as job arrays of the same batch script: every array task is one whole job of
 the sweep's geometry (nodes x tasks_per_node ranks), and array task i runs member `members[i]` of its array.
 An array holds at most MaxArraySize members (its task ids run 0..MaxArraySize-1), so a larger sweep is split
-into several arrays, each submitted with one sbatch call. Each array's script names an index file; the rank
-entry reads its member's run folder from that file by SLURM_ARRAY_TASK_ID (jobs/rank.py), so the script itself
-never lists members. The index file's writer (`index_text`) and reader (`member_run_dir`) are both here.
+into several arrays, each submitted with one sbatch call; `lanes` shares sweep.parallelism between them, so the
+whole sweep, not each array, runs at most that many members at once. Each array's script names an index file;
+the rank entry reads its member's run folder from that file by SLURM_ARRAY_TASK_ID (jobs/rank.py), so the script
+itself never lists members. The index file's writer (`index_text`) and reader (`member_run_dir`) are both here.
 
 Cluster facts (MaxArraySize, MaxJobCount) are asked outside planning (cluster.slurm.limits) and handed in.
 """
@@ -16,7 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from cluster import quoting
 from cluster.plan import JobPlan
@@ -44,7 +45,10 @@ class ArrayChunk:
     # where its script and index file live, relative to the sweep folder
     script: str
     index_file: str
+    # its throttle (array.parallelism) is this array's share of the sweep's parallelism (`lanes`)
     array: ArraySpec
+    # the array (its index in this submission) it waits for: sbatch --dependency=afterany on that array's job
+    after: Optional[int]
     # the job every task runs: the sweep's geometry, run_dir = the sweep folder, entry = rank --array INDEX
     plan: JobPlan
 
@@ -67,6 +71,31 @@ def split(n: int, max_array_size: int) -> list[range]:
     """Positions 0..n-1 cut into consecutive ranges of at most max_array_size (one range per array)."""
     size = max(1, max_array_size)
     return [range(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def lanes(sizes: Sequence[int], parallelism: int) -> list[tuple[int, Optional[int]]]:
+    """(throttle, the array it waits for) of each array, so that the sweep runs at most `parallelism` members at
+    once however many arrays it has. Pure.
+
+    The arrays run in min(parallelism, arrays) lanes side by side: array k is in lane k % lanes, and an array
+    waits for the one before it in its lane (afterany: it starts when every task of that one has ended, however
+    they ended). The lanes share `parallelism`, each at least 1, in proportion to the members they hold (largest
+    remainder), so they end at about the same time; every array of a lane has its lane's throttle. One array:
+    throttle = parallelism, no wait (what a single array always was)."""
+    if not sizes or parallelism < 1:
+        return []
+    n = min(parallelism, len(sizes))
+    weight = [sum(sizes[k::n]) for k in range(n)]
+    total = sum(weight) or 1
+    ideal = [parallelism * w / total for w in weight]
+    share = [max(1, int(x)) for x in ideal]
+    while sum(share) > parallelism:  # the minimum of 1 took more than the floor gave: take back from the richest
+        k = max((k for k in range(n) if share[k] > 1), key=lambda k: (share[k] - ideal[k], -k))
+        share[k] -= 1
+    while sum(share) < parallelism:
+        k = max(range(n), key=lambda k: (ideal[k] - share[k], -k))
+        share[k] += 1
+    return [(share[k % n], k - n if k >= n else None) for k in range(len(sizes))]
 
 
 def sweep_problems(members: int, parallelism: int, limits: ClusterLimits) -> list[str]:
@@ -104,7 +133,8 @@ def plan_sweep(base: JobPlan, members: Sequence[int], *, sweep_id: str, sweep_di
     """Arrays of `members` (member numbers, in task order). `base` is the plan of any member (they share it but
     for the run folder); `nonce` makes this submission's tags unique (random, drawn by the caller)."""
     arrays = []
-    for k, part in enumerate(split(len(members), limits.max_array_size)):
+    parts = split(len(members), limits.max_array_size)
+    for k, (part, (throttle, after)) in enumerate(zip(parts, lanes([len(p) for p in parts], parallelism))):
         tag = f"s{submission}a{k}-{nonce}"
         jname = job_name(name, sweep_id, tag)
         index_file = INDEX_PATTERN.format(submission=submission, index=k)
@@ -115,7 +145,8 @@ def plan_sweep(base: JobPlan, members: Sequence[int], *, sweep_id: str, sweep_di
             job_name=jname,
             script=SCRIPT_PATTERN.format(submission=submission, index=k),
             index_file=index_file,
-            array=ArraySpec(size=len(part), parallelism=parallelism),
+            array=ArraySpec(size=len(part), parallelism=throttle),
+            after=after,
             plan=array_plan(base, sweep_dir, f"{sweep_dir}/{index_file}", jname),
         ))
     return SweepPlan(sweep_id, sweep_dir, submission, parallelism, tuple(arrays))

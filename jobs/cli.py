@@ -37,9 +37,10 @@ def _status(argv: list[str]) -> int:
         from jobs.sweeps.verbs import status as sweep_status
 
         return sweep_status(argv)
+    from jobs.sweeps.verbs import overview
     from jobs.verbs import status
 
-    return status(argv)
+    return status(argv, sweeps=overview)
 
 
 def _logs(argv: list[str]) -> int:
@@ -78,7 +79,8 @@ def _eval(argv: list[str]) -> int:
 
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cluster": (_cluster, "a real Slurm cluster on this machine: zerorun cluster up | down | status"),
-    "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID|SWEEP_DIR] (none: every run)"),
+    "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID|SWEEP_DIR] (none: every run and "
+                        "sweep)"),
     "logs": (_logs, "a rank's log: zerorun logs JOB_ID|RUN_DIR [--rank R] [--batch] [--follow]"),
     "cancel": (_cancel, "cancel a submitted job or sweep: zerorun cancel JOB_ID|RUN_DIR|SWEEP_DIR"),
     "resubmit": (_resubmit, "a sweep's failed, timed-out or cancelled members again: zerorun resubmit SWEEP_DIR "

@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Callable, Optional, Sequence, TextIO
 
 from cluster import table
 from cluster.backends import get_backend
@@ -138,9 +138,13 @@ def _geometry(run_dir: Optional[Path]) -> str:
         return "?"
 
 
-def status(argv: list[str], out: TextIO = sys.stdout) -> int:
+def status(argv: list[str], out: TextIO = sys.stdout,
+           sweeps: Optional[Callable[[Path, TextIO, bool], int]] = None) -> int:
+    """`sweeps(runs_dir, out, gap)`: with no target, what lists the sweeps after the runs (the command line hands
+    in jobs.sweeps.verbs.overview; returns how many it showed)."""
     p = argparse.ArgumentParser(prog="zerorun status", description="The state of submitted runs, one row per job.")
-    p.add_argument("target", nargs="?", help="a run folder or a Slurm job id (default: every run under --runs-dir)")
+    p.add_argument("target", nargs="?", help="a run folder or a Slurm job id (default: every run and sweep under "
+                   "--runs-dir)")
     p.add_argument("--runs-dir", type=Path, default=default_runs_dir(), help="where runs are (default: $ZERORUN_RUNS or ./runs)")
     args = p.parse_args(argv)
     if args.target:
@@ -148,7 +152,8 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
     else:
         targets = [resolve(str(d), args.runs_dir) for d in find_runs(args.runs_dir)]
         if not targets:
-            out.write(f"zerorun: no runs under {args.runs_dir} (set --runs-dir or ZERORUN_RUNS)\n")
+            if not (sweeps and sweeps(args.runs_dir, out, False)):
+                out.write(f"zerorun: no runs or sweeps under {args.runs_dir} (set --runs-dir or ZERORUN_RUNS)\n")
             return 0
     states: dict = {}
     for name in sorted({t.backend for t in targets}):
@@ -191,6 +196,8 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         rows.append([t.job_id or "-", state, _geometry(t.run_dir), st.elapsed if st else "",
                      _attempts_cell(events), detail, str(t.run_dir) if t.run_dir else "(run folder not found)"])
     _print_table(("JOB", "STATE", "NODESxTASKS", "ELAPSED", "ATTEMPTS", "DETAIL", "RUN FOLDER"), rows, out)
+    if not args.target and sweeps is not None:
+        sweeps(args.runs_dir, out, True)
     if args.target and targets[0].run_dir:
         runs = attempts.attempts(attempts.read(targets[0].run_dir))
         if runs:

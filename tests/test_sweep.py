@@ -23,7 +23,7 @@ from cluster import preflight, render, sweep_plan
 from cluster.plan import make_plan
 from cluster.slurm import ClusterLimits, parse_sacct_tasks, parse_scontrol_config, parse_squeue
 from conftest import REPO, shrink
-from jobs.sweeps import dryrun, expansion, local, members, plan, submit
+from jobs.sweeps import dryrun, expansion, local, members, plan, refresh, submit
 from jobs.sweeps import record as sweep_record
 
 CPU_SLURM = ("cluster=slurm", "cluster.gpus_per_node=0", "cluster.tasks_per_node=1", "cluster.cpus_per_task=1",
@@ -126,9 +126,11 @@ def test_10000_members_split_into_arrays_under_max_array_size_within_5s(tmp_path
     assert elapsed <= 5.0, f"planning 10,000 members took {elapsed:.1f} s"
     assert [len(a.members) for a in plan.arrays] == [1001] * 9 + [991]
     assert [m for a in plan.arrays for m in a.members] == list(range(10000)), "every member once, in order"
-    assert [a.array.flag for a in plan.arrays] == ["0-1000%50"] * 9 + ["0-990%50"]
+    # sweep.parallelism=50 is the whole sweep's: ten arrays side by side, 5 members each at once
+    assert [a.array.flag for a in plan.arrays] == ["0-1000%5"] * 9 + ["0-990%5"]
+    assert [a.after for a in plan.arrays] == [None] * 10
     assert len({a.tag for a in plan.arrays}) == 10 and all(len(a.job_name) <= 64 for a in plan.arrays)
-    assert "#SBATCH --array=0-1000%50" in scripts[0] and "#SBATCH --array=0-990%50" in scripts[-1]
+    assert "#SBATCH --array=0-1000%5" in scripts[0] and "#SBATCH --array=0-990%5" in scripts[-1]
     assert f"--array {built.sweep_dir}/arrays/s00-a009.index.json" in scripts[-1]
     index = json.loads(sweep_plan.index_text(plan.arrays[9], {m.num: m.run_dir for m in built.members}))
     assert index["run_dirs"][0] == f"{built.sweep_dir}/9009" and len(index["run_dirs"]) == 991
@@ -143,6 +145,146 @@ def test_split_and_size_limits():
     assert len(too_many) == 1 and "MaxJobCount=10000" in too_many[0] and "at most 10000 members" in too_many[0]
     assert "sweep.parallelism=1 or more" in sweep_plan.sweep_problems(4, 0, LIMITS)[0]
     assert "no members" in sweep_plan.sweep_problems(0, 4, LIMITS)[0]
+
+
+def running_at_once(sizes: list[int], lanes: list[tuple[int, int | None]]) -> int:
+    """The most members the arrays can run at once: per lane (a chain of arrays, one after another), the
+    largest throttle any of its arrays can use, summed over the lanes."""
+    chains: dict[int, int] = {}
+    lane_of: dict[int, int] = {}
+    for k, ((throttle, after), size) in enumerate(zip(lanes, sizes)):
+        lane_of[k] = k if after is None else lane_of[after]
+        chains[lane_of[k]] = max(chains.get(lane_of[k], 0), min(throttle, size))
+    return sum(chains.values())
+
+
+def test_the_arrays_of_a_split_sweep_share_its_parallelism():
+    # one array: the whole throttle, as before
+    assert sweep_plan.lanes([10], 4) == [(4, None)]
+    # side by side, shared in proportion to the members (each at least 1): 9 + 1 = 10
+    assert sweep_plan.lanes([1001, 1], 10) == [(9, None), (1, None)]
+    assert sweep_plan.lanes([1001, 1001, 998], 256) == [(86, None), (85, None), (85, None)]
+    assert sweep_plan.lanes([1001, 1001, 498], 256) == [(103, None), (102, None), (51, None)], "docs/sweeps.md's"
+    # fewer slots than arrays: two lanes of throttle 1, array 2 starts after array 0 has ended
+    assert sweep_plan.lanes([2, 2, 1], 2) == [(1, None), (1, None), (1, 0)]
+    assert sweep_plan.lanes([5] * 7, 3) == [(1, None), (1, None), (1, None), (1, 0), (1, 1), (1, 2), (1, 3)]
+    assert sweep_plan.lanes([3, 3], 1) == [(1, None), (1, 0)]
+    import random
+
+    rng = random.Random(7)
+    for _ in range(500):
+        sizes = [rng.randint(1, 50) for _ in range(rng.randint(1, 12))]
+        p = rng.randint(1, 40)
+        lanes = sweep_plan.lanes(sizes, p)
+        assert all(t >= 1 for t, _ in lanes) and all(a is None or a < k for k, (_, a) in enumerate(lanes))
+        lane_heads = [t for t, a in lanes if a is None]
+        assert sum(lane_heads) == p, (sizes, p, lanes)
+        assert running_at_once(sizes, lanes) <= p, (sizes, p, lanes)
+
+
+def test_a_split_sweeps_scripts_carry_each_arrays_share(tmp_path):
+    built = build(tmp_path, *CPU_SLURM, "seed=range(0,5)", "sweep.parallelism=2")
+    base = make_plan(members.ConfigView(built.plan_configs[0]))
+    splan = sweep_plan.plan_sweep(base, [m.num for m in built.members], sweep_id=built.sweep_id,
+                                  sweep_dir=built.sweep_dir, name=built.name, submission=0, nonce="abc123",
+                                  parallelism=2, limits=ClusterLimits(2, 10000, "this test"))
+    assert [(a.members, a.array.flag, a.after) for a in splan.arrays] == [
+        ((0, 1), "0-1%1", None), ((2, 3), "0-1%1", None), ((4,), "0-0%1", 0)]
+    assert "#SBATCH --array=0-1%1" in render.sbatch_script(splan.arrays[1].plan, render.RenderContext("T", ()),
+                                                           splan.arrays[1].array)
+
+
+def test_the_report_axis_is_a_category_unless_numbers_have_a_scale(tmp_path):
+    from jobs.sweeps.report import axis
+
+    def kind(values, declared="auto"):  # type: ignore[no-untyped-def]
+        a = axis(values, declared)
+        return a.kind, a.labels
+
+    # a seed, listed: labels, not 1.0 .. 2.0 with fractions between
+    assert kind([1, 2, 3, 1, 2, 3]) == ("category", ["1", "2", "3"])
+    assert axis([2, 1, 2], "auto").positions == [1.0, 0.0, 1.0]
+    assert kind([64, 8, 16]) == ("category", ["8", "16", "64"]), "numeric order, evenly spaced"
+    assert kind(["ddp", "deepspeed", "ddp"]) == ("category", ["ddp", "deepspeed"])
+    assert kind(["zeta", "alpha"]) == ("category", ["zeta", "alpha"]), "the command line's order"
+    assert kind([True, False]) == ("category", ["True", "False"])
+    assert kind([[1, 2], [3], [1, 2]]) == ("category", ["[1, 2]", "[3]"]), "a swept list is one label"
+    # numbers with a fraction: a numeric axis, log when positive and a decade or more apart
+    assert kind([1e-4, 3e-4, 1e-3]) == ("log", None)
+    assert kind([0.1, 0.2, 0.3]) == ("linear", None)
+    assert kind([0, 0.1, 1.0]) == ("linear", None), "a zero has no place on a log axis"
+    # a declared range is a numeric axis, integers too; tag(log, ...) asks for log
+    assert kind([1, 2, 3], "linear") == ("linear", None)
+    assert axis([1, 5, 3], "linear").positions == [1.0, 5.0, 3.0]
+    assert kind([1, 10, 100], "log") == ("log", None)
+    assert kind([0, 10], "log") == ("linear", None)
+    assert kind(["a", "b"], "linear") == ("category", ["a", "b"])
+
+
+def test_the_sweep_records_how_each_key_was_declared(tmp_path):
+    built = build(tmp_path, "seed=range(1,4)", "optimizer.lr=1e-4,1e-3", "trainer.max_steps=tag(log,choice(10,100))",
+                  "dataset.max_val_samples=choice(8,16)")
+    assert built.scales == {"seed": "linear", "optimizer.lr": "auto", "trainer.max_steps": "log",
+                            "dataset.max_val_samples": "auto"}
+    record = submit._start(built)
+    assert record.scales == built.scales
+
+
+def write_member_results(record, values):  # type: ignore[no-untyped-def]
+    """metrics.json and a CSV train_loss curve for each member, as a finished run leaves them."""
+    for m, v in zip(record.members, values):
+        curve = Path(m.run_dir) / "csv" / "version_0"
+        curve.mkdir(parents=True)
+        (curve / "metrics.csv").write_text("step,train_loss\n" + "".join(f"{s},{v + 1 / (s + 1)}\n" for s in range(5)))
+        (Path(m.run_dir) / "metrics.json").write_text(json.dumps({"val_loss": v, "global_step": 5}))
+
+
+def test_report_draws_seeds_as_categories_and_marks_the_best_member(tmp_path):
+    from jobs.sweeps import report as report_
+    from jobs.sweeps import verbs
+
+    built = build(tmp_path / "runs", "optimizer.lr=1e-4,1e-3", "seed=1,2,3", "sweep.id=rep")
+    record = submit._start(built)
+    for m in record.members:
+        m.state = "COMPLETED"  # a finished sweep: the report asks Slurm nothing
+    sweep_record.save(record)
+    write_member_results(record, [0.9, 0.8, 0.7, 0.6, 0.25, 0.5])
+    out, err = io.StringIO(), io.StringIO()
+    assert verbs.report([built.sweep_dir, "--top", "3"], out, err) == 0, err.getvalue()
+    png = Path(built.sweep_dir) / report_.REPORT_PNG
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    data = json.loads((Path(built.sweep_dir) / report_.REPORT_JSON).read_text())
+    assert data["axes"]["seed"]["kind"] == "category" and data["axes"]["seed"]["labels"] == ["1", "2", "3"]
+    assert data["axes"]["optimizer.lr"]["kind"] == "log"
+    assert data["best_member"] == 4 and [b["member"] for b in data["best"]] == [4, 5, 3]
+    lines = out.getvalue().splitlines()
+    best_row = next(line for line in lines if line.startswith("*"))
+    assert best_row.split()[1:4] == ["1", "4", "0.25"] and "seed=2" in best_row
+    assert not any(line.startswith("*") for line in lines if line is not best_row)
+    status_out = io.StringIO()
+    assert verbs.status([built.sweep_dir], status_out, err) == 0
+    assert [line.split()[0] for line in status_out.getvalue().splitlines() if "*best" in line] == ["4"]
+
+
+def test_status_without_a_target_lists_the_sweeps_beside_the_runs(tmp_path, capsys):
+    from jobs import cli
+
+    runs = tmp_path / "runs"
+    built = build(runs, "optimizer.lr=1e-4,1e-3", "sweep.id=listed")
+    record = submit._start(built)
+    write_member_results(record, [0.5, 0.7])
+    # as the last `zerorun status` left it: both final, with what their run folders said
+    record.members[0].state, record.members[1].state = "COMPLETED", "FAILED"
+    for m in record.members:
+        refresh.read_member(m)
+    sweep_record.save(record)
+    assert cli._status(["--runs-dir", str(runs)]) == 0
+    shown = capsys.readouterr().out
+    row = next(line for line in shown.splitlines() if line.startswith("listed"))
+    assert "1 COMPLETED, 1 FAILED" in row and built.sweep_dir in row and "member 0: val_loss=0.5" in row
+    assert "zerorun: no runs" not in shown
+    assert cli._status(["--runs-dir", str(tmp_path / "none")]) == 0
+    assert "no runs or sweeps under" in capsys.readouterr().out
 
 
 def test_cluster_limits_are_read_from_scontrol_show_config():
@@ -316,7 +458,7 @@ def test_record_round_trip_and_submission_bookkeeping(tmp_path):
     sweep_record.save(record)
     assert (Path(built.sweep_dir) / "2" / "config.yaml").read_text() == built.members[2].yaml
     sweep_record.add_submission(record, [("s0a0-x", "job.s0a0-x", "arrays/s00-a000.sbatch",
-                                          "arrays/s00-a000.index.json", [0, 1, 2, 3])])
+                                          "arrays/s00-a000.index.json", [0, 1, 2, 3], None)])
     sweep_record.save(record)
     again = sweep_record.load(built.sweep_dir)
     assert again == record

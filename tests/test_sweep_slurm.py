@@ -234,7 +234,8 @@ def test_the_report_has_one_point_per_member_with_a_metric(grid):
     assert len(data["curves"]["4"]) >= 80 // 5 - 1, "train_loss about every 5 steps"
     best = data["best"][0]
     assert best["metric"] == min(p["metric"] for p in data["points"]["trainer.max_steps"])
-    assert f"1. member {best['member']}" in proc.stdout
+    assert re.search(rf"^\*\s+1\s+{best['member']}\s", proc.stdout, re.M), "the best member, marked *"
+    assert data["best_member"] == best["member"]
 
 
 def test_resubmit_failed_runs_just_the_failed_and_cancelled_members_and_they_resume(grid):
@@ -391,3 +392,74 @@ def test_a_sweep_larger_than_the_cluster_allows_is_refused_with_its_limit(slurm_
     assert "10001 members (10 arrays of at most MaxArraySize=1001)" in proc.stderr
     assert "MaxJobCount=10000, from scontrol show config" in proc.stderr
     assert not any(tmp_path.iterdir()), "nothing written"
+
+
+# ---- a sweep split into several arrays ---------------------------------------------------------------------
+
+def built_sweep(runs: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    """A sweep as `zerorun -m OVERRIDES` builds it, in this process (members.BuiltSweep)."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+
+    from configs.schema import register
+    from jobs.sweeps import expansion, members
+
+    register()
+    with initialize_config_module("configs", version_base="1.3"):
+        hydra = GlobalHydra.instance().hydra
+        cfg = hydra.compose_config("config", overrides=[f"cluster.runs_dir={runs}", *overrides],
+                                   run_mode=RunMode.MULTIRUN, with_log_configuration=False)
+        lines = expansion.expand(cfg, hydra.config_loader, [str(x) for x in cfg.hydra.overrides.task])
+        return members.build(cfg, hydra.config_loader, lines)
+
+
+def task_times(array_jobs: list[str]) -> dict[str, tuple[float, float]]:
+    """"ARRAYJOB_TASK" -> (start, end) in seconds, from sacct."""
+    from datetime import datetime
+
+    out = subprocess.run(["sacct", "-n", "-P", "-X", "-j", ",".join(array_jobs), "-o", "JobID,Start,End"],
+                         capture_output=True, text=True, timeout=30, check=True).stdout
+    times = {}
+    for line in out.split():
+        job, start, end = line.split("|")
+        if re.fullmatch(r"\d+_\d+", job):
+            times[job] = (datetime.fromisoformat(start).timestamp(), datetime.fromisoformat(end).timestamp())
+    return times
+
+
+def test_split_arrays_share_the_sweeps_parallelism_max_array_size_faked_to_1(slurm_cluster, tmp_path, monkeypatch):
+    """MaxArraySize of this cluster (1001) is faked to 1 in the submitter, so 3 members are 3 real arrays; with
+    sweep.parallelism=2 they run in two lanes (%1 each), the third array after the first has ended."""
+    monkeypatch.setattr(slurm, "limits", lambda: slurm.ClusterLimits(1, 10000, "scontrol show config (this test "
+                                                                       "fakes MaxArraySize=1)"))
+    one_node = tuple(x for x in NODES2 if x not in ("cluster.nodes=2", "trainer=ddp"))
+    built = built_sweep(tmp_path / "runs", *one_node, *TINY, "trainer.max_steps=3", "sweep.parallelism=2",
+                        "seed=1,2,3")
+    out, err = io.StringIO(), io.StringIO()
+    rc, _ = submit.run(built, out, err)
+    assert rc == 0, err.getvalue()
+    sweep_dir = Path(built.sweep_dir)
+    record = sweep_record.load(sweep_dir)
+    arrays = [s.array_job_id for s in record.submissions]
+    try:
+        assert len(arrays) == 3 and all(arrays) and [s.after for s in record.submissions] == [None, None, 0]
+        flags = [re.search(r"#SBATCH --array=(\S+)", (sweep_dir / s.script).read_text()).group(1)
+                 for s in record.submissions]
+        assert flags == ["0-0%1"] * 3
+        assert f"after {arrays[0]})" in out.getvalue(), out.getvalue()
+        waits = subprocess.run(["squeue", "-h", "-j", arrays[2], "-o", "%E"], capture_output=True, text=True,
+                               timeout=30).stdout
+        assert f"afterany:{arrays[0]}" in waits, f"the third array waits for the first: {waits!r}"
+        final = wait_all_final(sweep_dir, timeout=240)
+        assert [m.state for m in final.members] == ["COMPLETED"] * 3, [(m.state, m.detail) for m in final.members]
+        times = task_times(arrays)
+        (s0, e0), (s1, e1), (s2, e2) = (times[f"{a}_0"] for a in arrays)
+        assert s2 >= e0, "the third array started before the first had ended"
+        edges = sorted({s0, s1, s2})
+        assert all(sum(s <= t < e for s, e in times.values()) <= 2 for t in edges), f"more than 2 at once: {times}"
+    finally:
+        for job in arrays:
+            if job:
+                subprocess.run(["scancel", job], capture_output=True, timeout=30)
+

@@ -34,8 +34,14 @@ def dry_run(built: Any, out: TextIO, err: TextIO, *, facts: Any = None, limits: 
     out.write(f"zerorun dry run: nothing is submitted. {len(built.members)} members, sweep folder "
               f"{built.sweep_dir}, files in {files_dir}\n")
     a0 = splan.arrays[0]
-    arrays = ", ".join(f"{a.script} (--array={a.array.flag})" for a in splan.arrays)
+    arrays = ", ".join(f"{a.script} (--array={a.array.flag}" + (
+        f", after {splan.arrays[a.after].script} ends)" if a.after is not None else ")") for a in splan.arrays)
     out.write(f"\n{len(splan.arrays)} job array(s), one sbatch call each: {arrays}\n")
+    if len(splan.arrays) > 1:
+        out.write(f"at most {splan.parallelism} members run at once in the whole sweep: the arrays share "
+                  "sweep.parallelism (their throttles %N add up to it)"
+                  + ("; an array marked 'after' starts when every task of that one has ended (sbatch "
+                     "--dependency=afterany)" if any(a.after is not None for a in splan.arrays) else "") + "\n")
     out.write(f"\n----- {a0.script} -----\n{files[a0.script]}")
     out.write(f"\n----- {MEMBERS_TABLE} -----\n")
     print_table(table, out, Path(files_dir) / MEMBERS_TABLE)

@@ -96,6 +96,8 @@ class Swept:
     keys: list[str]
     # the lines that are not sweeps (every member has them)
     common: list[str]
+    # swept key -> the axis its values were declared for (`scale`)
+    scales: dict[str, str] = field(default_factory=dict)
     # override line -> its value
     known: dict[str, Value] = field(default_factory=dict)
     # lines seen that are not swept values (another sweeper's, or a common override)
@@ -116,6 +118,19 @@ class Swept:
             if v is not None:
                 mine.append(v)
         return mine
+
+
+def scale(override: Any) -> str:
+    """The axis a swept key was declared for: "log" (tagged: tag(log, ...)), "linear" (range(...), or tagged
+    linear), else "auto" (a list of values or choice(...): the report decides from the values)."""
+    from hydra.core.override_parser.types import ValueType
+
+    tags = getattr(override.value(), "tags", None) or set()
+    if "log" in tags:
+        return "log"
+    if "linear" in tags or override.value_type == ValueType.RANGE_SWEEP:
+        return "linear"
+    return "auto"
 
 
 def parse(task_lines: list[str], resume: Any = None) -> Swept:
@@ -142,4 +157,4 @@ def parse(task_lines: list[str], resume: Any = None) -> Swept:
                 known[line] = Value(o.key_or_group, adapters.plain_value(v), line, o.is_add(), o.is_force_add())
     return Swept(lines=task_lines, keys=list(dict.fromkeys(o.key_or_group for o in swept)),
                  common=[line for o, line in zip(parsed, task_lines) if not o.is_sweep_override()],
-                 known=known, parser=parser)
+                 scales={o.key_or_group: scale(o) for o in swept}, known=known, parser=parser)

@@ -61,6 +61,8 @@ class BuiltSweep:
     members: list[MemberSpec]
     # one member config per distinct plan (geometry is shared; the strategy may differ with a group sweep)
     plan_configs: list[dict] = field(default_factory=list)
+    # swept key -> the axis its values were declared for (expansion.scale)
+    scales: dict[str, str] = field(default_factory=dict)
 
 
 class ConfigView(dict):
@@ -136,7 +138,7 @@ def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequen
         sweep_id=sid, sweep_dir=sweep_dir, name=str(config.name), backend=str(config.cluster.backend),
         dry_run=bool(config.dry_run), parallelism=int(config.sweep.parallelism), resubmit=str(config.sweep.resubmit),
         metric=str(config.sweep.metric), mode=str(config.sweep.mode), overrides=swept.lines, params=swept.keys,
-        members=members, plan_configs=list(plan_configs.values()),
+        members=members, plan_configs=list(plan_configs.values()), scales=dict(swept.scales),
     )
 
 

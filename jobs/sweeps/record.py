@@ -65,6 +65,9 @@ class Submission:
     submitted_at: Optional[float] = None
     # "sbatch", or "found by name" when a crashed submitter's array was adopted
     how: Optional[str] = None
+    # the submission (its number) this array waits for (sbatch --dependency=afterany): a sweep of more arrays
+    # than sweep.parallelism runs them in lanes, one after another (cluster/sweep_plan.py, lanes)
+    after: Optional[int] = None
 
 
 @dataclass
@@ -106,6 +109,9 @@ class SweepRecord:
     # where the ranks run and with which Python: a resubmission renders the same job from anywhere
     workdir: str = ""
     python: str = ""
+    # swept key -> the axis its values were declared for: "linear" (range(...)), "log" (tag(log, ...)), or "auto"
+    # (a list of values: the report draws numbers with a fraction on a numeric axis, anything else as categories)
+    scales: dict[str, str] = field(default_factory=dict)
     version: int = VERSION
 
     def job_of(self, member: Member) -> Optional[str]:
@@ -191,15 +197,19 @@ def save(record: SweepRecord) -> Path:
     return write_atomic(path(record.sweep_dir), json.dumps(data, indent=0, ensure_ascii=False) + "\n")
 
 
-def add_submission(record: SweepRecord, arrays: list[tuple[str, str, str, str, list[int]]]) -> list[Submission]:
+def add_submission(record: SweepRecord,
+                   arrays: list[tuple[str, str, str, str, list[int], Optional[int]]]) -> list[Submission]:
     """Record new submissions ("submitting"): one per array, given as (tag, job_name, script, index_file,
-    members). Each member learns which submission and array task will run it. Save the record before sbatch."""
+    members, after: the position in `arrays` of the array it waits for, or None). Each member learns which
+    submission and array task will run it. Save the record before sbatch."""
     added = []
     now = time.time()
     by_num = {m.num: m for m in record.members}
-    for tag, name, script, index_file, members in arrays:
+    first = len(record.submissions)
+    for tag, name, script, index_file, members, after in arrays:
         sub = Submission(number=len(record.submissions), tag=tag, job_name=name, script=script,
-                         index_file=index_file, members=list(members), created_at=now)
+                         index_file=index_file, members=list(members), created_at=now,
+                         after=None if after is None else first + after)
         record.submissions.append(sub)
         for task, num in enumerate(members):
             member = by_num[num]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, Optional, TextIO
 
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps.dryrun import dry_run
@@ -90,7 +90,7 @@ def _start(built: Any) -> SweepRecord:
         parallelism=built.parallelism, metric=built.metric, mode=built.mode, created_at=time.time(),
         members=[sweep_record.Member(num=m.num, run_dir=m.run_dir, overrides=list(m.overrides), params=m.params)
                  for m in built.members],
-        workdir=os.getcwd(), python=sys.executable,
+        workdir=os.getcwd(), python=sys.executable, scales=dict(built.scales),
     )
 
 
@@ -119,7 +119,7 @@ def _queue(record: SweepRecord, planned: Planned, out: TextIO, err: TextIO, t0: 
     from cluster import slurm
 
     splan = planned.splan
-    sweep_record.add_submission(record, [(a.tag, a.job_name, a.script, a.index_file, list(a.members))
+    sweep_record.add_submission(record, [(a.tag, a.job_name, a.script, a.index_file, list(a.members), a.after)
                                          for a in splan.arrays])
     sweep_record.save(record)
     try:
@@ -130,7 +130,9 @@ def _queue(record: SweepRecord, planned: Planned, out: TextIO, err: TextIO, t0: 
         return 1, {}
     elapsed = time.perf_counter() - t0
     geometry = splan.arrays[0].plan
-    ids = ", ".join(f"{s.array_job_id} (--array={a.array.flag})" for s, a in zip(queued, splan.arrays))
+    ids = ", ".join(f"{s.array_job_id} (--array={a.array.flag}" + (
+        f", after {record.submissions[s.after].array_job_id})" if s.after is not None else ")")
+        for s, a in zip(queued, splan.arrays))
     out.write(
         f"zerorun: {splan.members} sweep members queued in {elapsed:.2f} s as job array(s) {ids}: each "
         f"nodes({geometry.nodes}) x tasks_per_node({geometry.tasks_per_node}) = {geometry.world_size} ranks\n"
@@ -160,12 +162,27 @@ def submit_pending(record: SweepRecord, err: TextIO = sys.stderr) -> list[sweep_
         sweep_record.save(record)
     for sub in left:
         # the runs' path too: an sbatch that does not answer in time is looked up by name before it counts as failed
-        job = slurm.sbatch_or_find(record.sweep_dir, sub.job_name, sub.script)
+        job = slurm.sbatch_or_find(record.sweep_dir, sub.job_name, sub.script, after=_waits_for(record, sub))
         _crash_point("after-sbatch")
         sweep_record.mark_queued(record, sub, job, "sbatch")
         sweep_record.save(record)
         done.append(sub)
     return sorted(done, key=lambda s: s.number)
+
+
+def _waits_for(record: SweepRecord, sub: sweep_record.Submission) -> Optional[str]:
+    """The array job `sub` must wait for (sbatch --dependency=afterany), or None: it waits for none, or that
+    array has no task left queued or running (Slurm forgets a finished job after MinJobAge, and a dependency on a
+    job it no longer knows is refused)."""
+    from cluster import slurm
+
+    if sub.after is None:
+        return None
+    before = record.submissions[sub.after].array_job_id
+    if before is None:  # submitted in order, so this cannot happen unless the record was edited
+        raise slurm.SlurmError(f"array {sub.tag} waits for array {record.submissions[sub.after].tag}, which was "
+                               "never queued; run the command again to queue that one first")
+    return before if slurm.has_live_tasks(before) else None
 
 
 # ---- the same sweep again ---------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """`zerorun status | resubmit | cancel | report SWEEP_DIR`: follow a sweep through its record (record.py).
 
 status    one row per member: overrides, state (squeue/sacct/scontrol: PENDING ... COMPLETED, FAILED, TIMEOUT,
-          PREEMPTED, CANCELLED), step, attempts, the sweep's metric, its array task, why it failed
+          PREEMPTED, CANCELLED), step, attempts, the sweep's metric, its array task, why it failed; with no
+          argument, `zerorun status` lists the runs and then one row per sweep (`overview`)
 resubmit  --failed: the members that failed, timed out for good or were cancelled, as a new array; each
           resumes from the checkpoints in its own run folder
 cancel    scancel every array of the sweep that still has members queued or running, including one the record
@@ -63,6 +64,44 @@ def refreshed(target: str, err: TextIO) -> Optional[SweepRecord]:
     return record
 
 
+def find_sweeps(runs_dir: Path) -> list[Path]:
+    """Sweep folders under a runs folder (runs_dir/NAME/sweep-ID holding a record), oldest first."""
+    found = [p.parent for p in runs_dir.glob(f"*/*/{sweep_record.RECORD_NAME}")]
+    return sorted(found, key=lambda p: (p.stat().st_mtime, str(p)))
+
+
+def _state_counts(record: SweepRecord) -> str:
+    counts: dict[str, int] = {}
+    for m in record.members:
+        counts[m.state] = counts.get(m.state, 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def overview(runs_dir: Path, out: TextIO, gap: bool = False, err: TextIO = sys.stderr) -> int:
+    """One row per sweep under the runs folder (what `zerorun status` with no argument adds to its runs): its
+    members' states, the best member so far, its folder. Slurm is asked only for sweeps with a member not yet
+    in a final state. Returns how many sweeps it showed (`gap`: a blank line before the table)."""
+    from cluster import table
+
+    final = sweep_record.RESUBMITTABLE | {"COMPLETED"}
+    rows = []
+    for folder in find_sweeps(runs_dir):
+        record = _load(str(folder), err)
+        if record is not None and any(m.state not in final for m in record.members):
+            record = refreshed(str(folder), err)
+        if record is None:
+            continue
+        top = report_.best(record, record.metric, record.mode, 1)
+        best = f"member {top[0][1].num}: {record.metric}={top[0][0]:.4g}" if top else "-"
+        rows.append([record.sweep_id, record.backend, str(len(record.members)), _state_counts(record), best,
+                     str(folder)])
+    if rows:
+        out.write("\n" if gap else "")
+        table.show(("SWEEP", "BACKEND", "MEMBERS", "STATES", "BEST", "SWEEP FOLDER"), rows, out)
+        out.write("one row per member of a sweep: zerorun status SWEEP_FOLDER\n")
+    return len(rows)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -80,18 +119,17 @@ def status(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
         return 1
     from cluster import table
 
+    top = report_.best(record, record.metric, record.mode, 1)
+    best_num = top[0][1].num if top else None
     rows = []
     for m in record.members:
-        rows.append([str(m.num), " ".join(m.overrides), m.state, _fmt(m.step), str(m.attempts),
-                     _fmt(report_.metric_of(m, record.metric)), record.job_of(m) or "-", m.detail])
+        metric = _fmt(report_.metric_of(m, record.metric)) + (" *best" if m.num == best_num else "")
+        rows.append([str(m.num), " ".join(m.overrides), m.state, _fmt(m.step), str(m.attempts), metric,
+                     record.job_of(m) or "-", m.detail])
     columns = list(STATUS_COLUMNS)
     columns[5] = record.metric
     table.show(columns, rows, out)
-    counts: dict[str, int] = {}
-    for m in record.members:
-        counts[m.state] = counts.get(m.state, 0) + 1
-    out.write(f"{len(record.members)} members: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "\n")
-    top = report_.best(record, record.metric, record.mode, 1)
+    out.write(f"{len(record.members)} members: {_state_counts(record)}\n")
     if top:
         value, m = top[0]
         out.write(f"best so far ({record.mode} {record.metric}): member {m.num} ({' '.join(m.overrides)}) = "
@@ -194,11 +232,9 @@ def report(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     if record is None:
         return 1
     metric = args.metric or record.metric
-    data = report_.report_data(record, metric, args.curve)
+    data = report_.report_data(record, metric, args.curve, args.top)
     png = args.out or Path(args.sweep_dir) / report_.REPORT_PNG
     data["png"] = str(png)
-    data["best"] = [{"member": m.num, "overrides": m.overrides, "metric": v}
-                    for v, m in report_.best(record, metric, record.mode, args.top)]
     write_atomic(Path(args.sweep_dir) / report_.REPORT_JSON, json.dumps(data, indent=1) + "\n")
     try:
         report_.write_png(data, png)
@@ -210,7 +246,10 @@ def report(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     if not data["best"]:
         out.write(f"no member has {metric} yet (zerorun status {args.sweep_dir}); another metric: --metric NAME\n")
         return 0
-    out.write(f"best ({record.mode} {metric}):\n")
-    for i, b in enumerate(data["best"], 1):
-        out.write(f"  {i}. member {b['member']}: {metric}={b['metric']:.4g}  {' '.join(b['overrides'])}\n")
+    from cluster import table
+
+    out.write(f"the {len(data['best'])} best ({record.mode} {metric}); * marks the best, also in the plot:\n")
+    table.show(("", "RANK", "MEMBER", metric, "OVERRIDES"),
+               [["*" if i == 1 else "", str(i), str(b["member"]), f"{b['metric']:.4g}", " ".join(b["overrides"])]
+                for i, b in enumerate(data["best"], 1)], out)
     return 0
