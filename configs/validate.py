@@ -246,7 +246,7 @@ def file_problems(cfg: Any) -> list[str]:
         if path and not Path(os.path.expanduser(str(path))).is_file():
             p.append(f"dataset.data_files.{split}={path!r}: no such file (relative paths are taken from "
                      f"{os.getcwd()}); point it at the {split} file")
-    p += _container_image_problems(cfg)
+    p += container_image_problems(cfg)
     return p
 
 
@@ -401,9 +401,9 @@ def _container_problems(cfg: Any) -> list[str]:
     return p
 
 
-def _container_image_problems(cfg: Any) -> list[str]:
+def container_image_problems(cfg: Any) -> list[str]:
     """A local image that is not there is refused here, before anything is submitted (a registry reference is
-    pulled on the nodes and is not checked)."""
+    pulled on the nodes and is not checked). Part of file_problems; a sweep checks each member with it."""
     c = container_of(cfg.cluster)
     if c is None or not c.image or not image_is_local(str(c.runtime), str(c.image)):
         return []

@@ -244,3 +244,18 @@ def test_a_mounted_folder_with_a_comma_is_refused(compose):
     p = preflight.slurm_plan_problems(plan)
     assert len(p) == 1 and "'/runs,x/golden/r1' is mounted into the container" in p[0], p
     assert preflight.slurm_plan_problems(plan_of(compose, *CPU_APPTAINER)) == []
+
+
+def test_a_sweep_with_a_missing_local_image_is_refused_for_every_member(tmp_path):
+    from jobs.sweeps.members import SweepError
+    from test_sweep import CPU_SLURM, build
+
+    image = tmp_path / "torch.sif"
+    with pytest.raises(SweepError) as e:
+        build(tmp_path / "runs", *CPU_SLURM, "seed=1,2", "cluster.container.runtime=apptainer",
+              f"cluster.container.image={image}")
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith("members 0-1: cluster.container.image="), \
+        e.value.problems
+    image.touch()
+    assert len(build(tmp_path / "runs", *CPU_SLURM, "seed=1,2", "cluster.container.runtime=apptainer",
+                     f"cluster.container.image={image}").members) == 2

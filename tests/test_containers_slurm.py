@@ -153,3 +153,16 @@ def test_two_node_job_through_a_fake_apptainer_requeues_on_the_batch_host_and_re
     argv = log.with_name(log.name + ".argv").read_bytes().split(b"\0")[:-1]
     assert [a.decode() for a in argv[:5]] == [sys.executable, "-u", "-m", "jobs.rank", str(run_dir)]
     assert (run_dir / "metrics.json").exists()
+
+
+def test_a_pyxis_job_on_a_cluster_without_pyxis_fails_and_says_no_rank_started(slurm_cluster, compose, tmp_path):
+    # this cluster has no pyxis plugin (none here does): srun refuses --container-image, for real
+    runs = tmp_path / "runs"
+    assert launch(compose, runs, *NODE_CPU, "trainer=default", "cluster.container.runtime=pyxis",
+                  "cluster.container.image=ubuntu:22.04") == 0
+    run_dir = only_run_dir(runs)
+    st = wait(snapshot.read_record(run_dir).job_id, timeout=60)
+    assert st.state == "FAILED", st
+    failed = [e for e in attempts.read(run_dir) if e["event"] == "failed"]
+    assert failed and "1 of 1 ranks never started" in failed[0]["reason"], failed
+    assert "container-image" in logs_of(run_dir), "srun's own refusal is in the job's log"
