@@ -11,12 +11,14 @@ to `make_plan` as data.
 from __future__ import annotations
 
 import os
+import posixpath
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from cluster.rendezvous import PORT_OVERRIDE_ENV
+from configs.validate import container_of, image_is_local
 
 # The module each rank runs, with the run folder as its only argument.
 RANK_ENTRY = "jobs.rank"
@@ -47,6 +49,32 @@ class RankSpec:
     local_rank: int
     host: str
     device: str
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """How srun starts the ranks inside a container (cluster.container; rendered by cluster/render.py)."""
+
+    # "pyxis" or "apptainer"
+    runtime: str
+    # a registry reference as given, or a local image's absolute path
+    image: str
+    # folders of zerorun's own mounted at their paths besides the run folder (the folder submitted from, the data
+    # cache); all_mounts() adds the run folder, which a sweep's array plan replaces
+    folders: tuple[str, ...]
+    # the user's mounts, SRC:DST[:FLAGS]
+    mounts: tuple[str, ...]
+    # the folder the ranks start in, inside the container
+    workdir: str
+    # the image's Python: the rank entry inside is (python, *JobPlan.entry[1:])
+    python: str
+    # variables set for the ranks inside the container, over the image's own values
+    env: tuple[tuple[str, str], ...]
+    extra_args: tuple[str, ...]
+    # apptainer's program ("apptainer", "singularity", a path)
+    command: str
+    # mounted folders of zerorun's own that may not exist yet when the job starts (made on the batch host)
+    make_dirs: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -95,6 +123,8 @@ class JobPlan:
     # start only after these jobs (sbatch --dependency=KIND:ID[:ID...]); resolved from cluster.after at
     # submission (jobs/chains.py), like the setup file: None when there is nothing left to wait for
     dependency: Optional[str] = None
+    # the container the ranks run in (None: on the node as they are); the batch host's steps stay outside it
+    container: Optional[ContainerPlan] = None
 
     @property
     def world_size(self) -> int:
@@ -146,6 +176,7 @@ def make_plan(
     cluster.after resolved against the scheduler ("afterok:123:456", jobs/chains.py), None for none.
     """
     c = cfg.cluster
+    workdir = workdir if workdir is not None else os.getcwd()
     env = [
         # one thread per CPU the rank was given: more oversubscribes the node (46 vs 7 steps/s measured)
         ("OMP_NUM_THREADS", str(c.cpus_per_task)),
@@ -187,8 +218,50 @@ def make_plan(
         requeue=bool(c.get("requeue", True)),
         watchdog=getattr(cfg, "watchdog", None) is not None and cfg.watchdog.timeout_s is not None,
         max_excluded_nodes=cfg.requeue.get("max_excluded_nodes"),
-        workdir=workdir if workdir is not None else os.getcwd(),
+        workdir=workdir,
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
         min_nodes=None if c.get("min_nodes") in (None, int(c.nodes)) else int(c.min_nodes),
         dependency=dependency,
+        container=container_plan(cfg, workdir),
+    )
+
+
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _absolute(workdir: str, path: str) -> str:
+    return posixpath.normpath(posixpath.join(workdir, path))
+
+
+def all_mounts(plan: JobPlan) -> tuple[str, ...]:
+    """Every bind mount of the plan's container, SRC:DST[:FLAGS]: the run folder (a sweep's: the sweep folder,
+    which holds its members'), zerorun's other folders, each at its own path and once (a folder inside another
+    mounted one is not mounted again), then the user's."""
+    if plan.container is None:
+        return ()
+    own = list(dict.fromkeys((_absolute(plan.workdir, plan.run_dir), *plan.container.folders)))
+    own = [p for p in own if not any(q != p and _inside(p, q) for q in own)]
+    return (*(f"{p}:{p}" for p in own), *plan.container.mounts)
+
+
+def container_plan(cfg: Any, workdir: str) -> Optional[ContainerPlan]:
+    """The container of a config whose cluster.container.runtime is not "none" (None otherwise). Relative paths
+    are taken from `workdir`, where the job runs; a folder inside another mounted one is not mounted twice."""
+    c = container_of(cfg.cluster)
+    if c is None:
+        return None
+    absolute = lambda p: _absolute(workdir, os.path.expanduser(str(p)))  # noqa: E731
+    image = str(c.image)
+    return ContainerPlan(
+        runtime=str(c.runtime),
+        image=absolute(image) if image_is_local(str(c.runtime), image) else image,
+        folders=(absolute(workdir), absolute(cfg.dataset.cache_dir)),
+        mounts=tuple(m if ":" in m else f"{m}:{m}" for m in (str(m) for m in c.mounts)),
+        workdir=str(c.workdir) if c.workdir is not None else absolute(workdir),
+        python=str(c.python),
+        env=tuple((str(k), str(v)) for k, v in c.env.items()),
+        extra_args=tuple(str(a) for a in c.extra_args),
+        command=str(c.command),
+        make_dirs=(absolute(cfg.dataset.cache_dir),),
     )

@@ -216,6 +216,7 @@ def slurm_plan_problems(plan: JobPlan) -> list[str]:
     if "%" in plan.run_dir:
         p.append(f"the run folder {plan.run_dir!r} holds a '%': Slurm 22.05 reads it as a file-name pattern in "
                  "the ranks' --output and no rank could start; choose cluster.runs_dir, name and run_id without %")
+    p += container_problems(plan)
     if not p and not plan_problems(plan):
         try:
             sbatch_parameters(plan)
@@ -223,6 +224,26 @@ def slurm_plan_problems(plan: JobPlan) -> list[str]:
         except quoting.QuotingError as e:
             p.append(str(e))
     return p
+
+
+def container_problems(plan: JobPlan) -> list[str]:
+    """The folders zerorun mounts into the container must each fit one SRC:DST item of a comma-separated list."""
+    if plan.container is None:
+        return []
+    folders = (plan.run_dir, *plan.container.folders)
+    return [f"the folder {path!r} is mounted into the container, but ':' and ',' separate mounts there; choose "
+            "cluster.runs_dir, name, dataset.cache_dir and the folder you submit from without them"
+            for path in dict.fromkeys(folders) if ":" in path or "," in path]
+
+
+def local_container_problems(plan: JobPlan) -> list[str]:
+    """The local backend runs the ranks as processes here, never in a container: a plan asking for one is refused
+    rather than run without it."""
+    if plan.container is None:
+        return []
+    return [f"cluster.container.runtime={plan.container.runtime}: the local backend runs the ranks on this machine "
+            "without a container; set cluster.container.runtime=none to run them here, or submit with "
+            "cluster=slurm (a dry run shows the container's srun line)"]
 
 
 def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:

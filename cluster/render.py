@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from cluster import quoting, table
-from cluster.plan import HOST_ENTRY, RANK_ENTRY, WATCHDOG_ENTRY, JobPlan
+from cluster.plan import HOST_ENTRY, RANK_ENTRY, WATCHDOG_ENTRY, JobPlan, all_mounts
 from cluster.rendezvous import SLURM_ENV, derive
 from cluster.adapters import sbatch_text
 from trainer_core import layout
@@ -101,7 +101,7 @@ def srun_argv(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
     pattern = ARRAY_RANK_LOG_PATTERN if array else RANK_LOG_PATTERN
     rank_logs = quoting.filename_pattern(f"{plan.run_dir}/{LOG_DIR}/") + pattern
     return ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--open-mode=append", f"--output={rank_logs}",
-            *plan.srun_args, *plan.entry]
+            *container_srun_flags(plan), *plan.srun_args, *rank_command(plan)]
 
 
 def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -186,6 +186,7 @@ def _setup_lines(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
         "export SLURM_EXPORT_ENV=ALL",
         *plan.setup,
         *(quoting.assign(k, v) for k, v in plan.env),
+        *container_setup(plan),
         *watchdog_start(plan),
     ]
 
@@ -216,6 +217,51 @@ def sbatch_script(plan: JobPlan, ctx: RenderContext, array: Optional[ArraySpec] 
         f"# submitted from the {folder} folder: {' '.join(sbatch_argv(script=script))}",
     ]
     return "\n".join(header) + "\n" + rest
+
+
+# ---- containers (cluster.container; docs/containers.md) ----
+# Only the ranks run in the container: srun starts them there, while the script's own lines (setup, the watchdog,
+# `jobs.host after`, which asks scontrol and requeues) run on the batch host, where Slurm's commands are.
+
+
+def rank_command(plan: JobPlan) -> list[str]:
+    """What srun starts on every task: the plan's entry, or the same entry run by the image's Python inside the
+    container (apptainer: through `apptainer exec`; pyxis: srun's own flags, container_srun_flags)."""
+    c = plan.container
+    if c is None:
+        return list(plan.entry)
+    inside = [c.python, *plan.entry[1:]]
+    if c.runtime == "pyxis":
+        return inside
+    gpus = ["--nv"] if plan.gpus_per_node else []
+    return [c.command, "exec", *gpus, "--bind", ",".join(all_mounts(plan)), "--pwd", c.workdir, *c.extra_args, c.image,
+            *inside]
+
+
+def container_srun_flags(plan: JobPlan) -> list[str]:
+    """pyxis's srun flags: the image, the mounts, the folder the ranks start in, and the variables of
+    cluster.container.env, whose values must win over the image's own (pyxis lets the image's win otherwise)."""
+    c = plan.container
+    if c is None or c.runtime != "pyxis":
+        return []
+    env = [f"--container-env={','.join(k for k, _ in c.env)}"] if c.env else []
+    return [f"--container-image={c.image}", f"--container-mounts={','.join(all_mounts(plan))}",
+            f"--container-workdir={c.workdir}", *env, *c.extra_args]
+
+
+def container_env_prefix(command: str) -> str:
+    """The prefix that hands a variable to the ranks inside apptainer (or singularity) over the image's value."""
+    return "SINGULARITYENV_" if command.rsplit("/", 1)[-1].startswith("singularity") else "APPTAINERENV_"
+
+
+def container_setup(plan: JobPlan) -> list[str]:
+    """Batch-host lines before srun: the mounted folders zerorun owns made (a bind mount of a missing folder fails),
+    and the variables of cluster.container.env exported for the ranks inside."""
+    c = plan.container
+    if c is None:
+        return []
+    prefix = container_env_prefix(c.command) if c.runtime == "apptainer" else ""
+    return [f"mkdir -p {quoting.join(c.make_dirs)}", *(quoting.assign(prefix + k, v) for k, v in c.env)]
 
 
 def port_text(plan: JobPlan, unknown: str) -> str:

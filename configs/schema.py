@@ -179,6 +179,30 @@ class TrainerConfig:
 
 
 @dataclass
+class ContainerConfig:
+    # "none": the ranks run on the node as they are; "pyxis": srun --container-image (enroot through the pyxis
+    # plugin); "apptainer": srun ... apptainer exec IMAGE (singularity too: set command=singularity)
+    runtime: str = "none"
+    # pyxis: a registry image as enroot names it (nvcr.io#nvidia/pytorch:24.01-py3) or a squashfs file (.sqsh);
+    # apptainer: a .sif file, a sandbox folder, or docker:// library:// oras:// ... A local path must exist
+    image: Optional[str] = None
+    # more bind mounts, SRC[:DST[:FLAGS]] (absolute SRC; DST defaults to SRC). The run folder, the folder you submit
+    # from and dataset.cache_dir are mounted at their own paths without being listed
+    mounts: List[str] = field(default_factory=list)
+    # the folder the ranks start in inside the container; null: the folder you submitted from (mounted)
+    workdir: Optional[str] = None
+    # the image's Python, which must have zerorun and its training dependencies installed
+    python: str = "python"
+    # variables set for the ranks inside the container, over the image's own values (values are written into the
+    # job script: never a secret here, pass secrets by name with cluster.env_passthrough)
+    env: Dict[str, str] = field(default_factory=dict)
+    # further arguments of the runtime: srun's --container-* flags for pyxis, `apptainer exec` options for apptainer
+    extra_args: List[str] = field(default_factory=list)
+    # apptainer only: the program that runs the image ("apptainer" or "singularity", or a full path)
+    command: str = "apptainer"
+
+
+@dataclass
 class ClusterConfig:
     # "local" runs the ranks on this machine with the Slurm environment contract; "slurm" submits with sbatch
     backend: str = "local"
@@ -227,6 +251,8 @@ class ClusterConfig:
     # "afterok": only once every dependency completed (a failed one cancels this job instead of leaving it
     # pending); "afterany": once they ended, however they ended
     after_kind: str = "afterok"
+    # run the ranks in a container (docs/containers.md); the batch host's steps (watchdog, requeue) stay outside
+    container: ContainerConfig = field(default_factory=lambda: ContainerConfig())
 
 
 @dataclass

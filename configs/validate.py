@@ -64,6 +64,7 @@ def config_problems(cfg: Any) -> list[str]:
     p += _optimization_problems(cfg)
     p += _cluster_problems(cfg)
     p += _checkpoint_and_requeue_problems(cfg)
+    p += _container_problems(cfg)
     for key, value in (("name", cfg.name), ("run_id", cfg.get("run_id")), ("sweep.id", cfg.sweep.id)):
         _path_part(p, key, value)
     return p
@@ -245,6 +246,7 @@ def file_problems(cfg: Any) -> list[str]:
         if path and not Path(os.path.expanduser(str(path))).is_file():
             p.append(f"dataset.data_files.{split}={path!r}: no such file (relative paths are taken from "
                      f"{os.getcwd()}); point it at the {split} file")
+    p += container_image_problems(cfg)
     return p
 
 
@@ -329,3 +331,88 @@ def _watchdog_problems(cfg) -> list[str]:
     if w.test_only_hang_in not in HANG_PHASES:
         p.append(f"watchdog.test_only_hang_in={w.test_only_hang_in!r}: one of {', '.join(HANG_PHASES)}")
     return p
+
+
+# ---- cluster.container (docs/containers.md) ----
+
+CONTAINER_RUNTIMES = ("none", "pyxis", "apptainer")
+# `apptainer exec` options that drop the host's environment, and with it Slurm's variables the ranks derive their
+# place in the job from
+CLEANENV_ARGS = ("--cleanenv", "-e", "--containall", "-C")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def container_of(cluster: Any) -> Optional[Any]:
+    """cluster.container when the ranks run in a container (runtime other than "none"); None otherwise, and for
+    a config saved before the key existed."""
+    c = getattr(cluster, "container", None)  # a sweep member's config view gives attributes
+    if c is None or str(c.runtime) == "none":
+        return None
+    return c
+
+
+def image_is_local(runtime: str, image: str) -> bool:
+    """Whether `image` names a file or folder (which must exist) rather than a registry reference, which the
+    runtime pulls on the node and nothing here checks. apptainer reads anything without a scheme (docker://,
+    library://, oras://, ...) as a path; pyxis reads [USER@][REGISTRY#]IMAGE[:TAG] unless it looks like a path."""
+    text = str(image)
+    if "://" in text:
+        return False
+    if runtime == "apptainer":
+        return True
+    return text.startswith(("/", "./", "../", "~")) or text.endswith((".sqsh", ".squashfs", ".sif"))
+
+
+def _container_problems(cfg: Any) -> list[str]:
+    c = getattr(cfg.cluster, "container", None)
+    if c is None:
+        return []
+    p: list[str] = []
+    _choice(p, "cluster.container.runtime", str(c.runtime), CONTAINER_RUNTIMES)
+    if str(c.runtime) not in CONTAINER_RUNTIMES or str(c.runtime) == "none":
+        return p
+    key = "cluster.container"
+    if not c.image:
+        example = "nvcr.io#nvidia/pytorch:24.01-py3 or /images/pytorch.sqsh" if c.runtime == "pyxis" \
+            else "/images/pytorch.sif or docker://nvcr.io/nvidia/pytorch:24.01-py3"
+        p.append(f"{key}.runtime={c.runtime} needs {key}.image: set it to the image the ranks run in, e.g. {example}")
+    for mount in c.mounts:
+        parts = str(mount).split(":")
+        if "," in str(mount) or not parts[0].startswith("/") or (len(parts) > 1 and not parts[1].startswith("/")) \
+                or len(parts) > 3:
+            p.append(f"{key}.mounts: {mount!r} is not SRC[:DST[:FLAGS]] with absolute paths and no ','; "
+                     "write it like /data:/data or /data:/data:ro")
+    if c.workdir is not None and not str(c.workdir).startswith("/"):
+        p.append(f"{key}.workdir={c.workdir!r}: a folder inside the container is named by its absolute path "
+                 "(e.g. /workspace), or null for the folder you submit from")
+    if not str(c.python).strip():
+        p.append(f"{key}.python is empty: name the image's Python (python, python3 or a full path)")
+    for name in c.env:
+        if not _ENV_NAME.match(str(name)):
+            p.append(f"{key}.env: {name!r} is not an environment variable name (letters, digits, _)")
+    if c.runtime == "apptainer":
+        dropped = [a for a in c.extra_args if str(a).split("=")[0] in CLEANENV_ARGS]
+        if dropped:
+            p.append(f"{key}.extra_args={list(c.extra_args)}: {dropped[0]} hides Slurm's variables from the ranks, "
+                     "which need them to find their place in the job; remove it (set variables with "
+                     f"{key}.env instead)")
+    elif c.runtime == "pyxis" and c.command != "apptainer":
+        p.append(f"{key}.command={c.command!r} is for runtime=apptainer; pyxis runs through srun itself: remove it")
+    return p
+
+
+def container_image_problems(cfg: Any) -> list[str]:
+    """A local image that is not there is refused here, before anything is submitted (a registry reference is
+    pulled on the nodes and is not checked). Part of file_problems; a sweep checks each member with it."""
+    c = container_of(cfg.cluster)
+    if c is None or not c.image or not image_is_local(str(c.runtime), str(c.image)):
+        return []
+    path = Path(os.path.expanduser(str(c.image)))
+    what = "a squashfs file" if c.runtime == "pyxis" else "a .sif file or a sandbox folder"
+    found = path.is_file() or (c.runtime == "apptainer" and path.is_dir())
+    if found:
+        return []
+    return [f"cluster.container.image={c.image!r}: no such {'file' if c.runtime == 'pyxis' else 'image'} (relative "
+            f"paths are taken from {os.getcwd()}); point it at {what} on a file system the nodes share, or name a "
+            "registry image (" + ("nvcr.io#nvidia/pytorch:24.01-py3" if c.runtime == "pyxis"
+                                  else "docker://nvcr.io/nvidia/pytorch:24.01-py3") + ")"]

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence, TextIO
 from cluster import quoting, render, rendezvous
 from cluster.plan import JobPlan, RankSpec
 from cluster.here import local_command
-from cluster.preflight import ClusterFacts, Preflight, plan_problems
+from cluster.preflight import ClusterFacts, Preflight, local_container_problems, plan_problems
 from cluster.rendezvous import PORT_OVERRIDE_ENV, SLURM_ENV
 from trainer_core import layout
 from trainer_core.contract import EXIT_RESUMABLE, Rendezvous, free_port
@@ -92,7 +92,7 @@ class LocalBackend:
         return ClusterFacts(error="local backend: no scheduler to ask")
 
     def preflight(self, plan: JobPlan, facts: ClusterFacts) -> Preflight:
-        return Preflight(plan_problems(plan), [])
+        return Preflight(plan_problems(plan) + local_container_problems(plan), [])
 
     def ask_scheduler(self, run_dir: str, facts: ClusterFacts, out: TextIO) -> list[str]:
         return []

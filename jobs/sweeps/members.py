@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cluster import adapters
 from configs.keys import composition_error, missing_key
-from configs.validate import config_problems
+from configs.validate import config_problems, container_image_problems
 from jobs.sweeps.expansion import SweepError, Value, parse
 
 
@@ -126,7 +126,7 @@ def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequen
         member["run_dir"] = run_dir
         member["run_id"] = f"sweep-{sid}-{num}"
         member["dry_run"] = False
-        for p in config_problems(ConfigView(member)):
+        for p in config_problems(ConfigView(member)) + container_image_problems(ConfigView(member)):
             bad.setdefault(p, []).append(num)
         plan_configs.setdefault((combo_key, member["trainer"]["strategy"]["name"]), member)
         members.append(MemberSpec(num, run_dir, tuple(v.line for v in mine),
