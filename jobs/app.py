@@ -33,20 +33,25 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
     cfg = finalize(cfg)
+    from cluster import site_probe
+
     try:
         # the setup file is read here, at submission, so that planning itself stays pure
         plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file))
-    except SetupFileError as e:
+        # a probed site (site=NAME) is checked against its probe: Slurm is not asked again
+        site = site_probe.for_config(cfg)
+    except (SetupFileError, site_probe.SiteProbeError) as e:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
+    facts = site_probe.facts(site) if site is not None else None
     if cfg.dry_run:
         from jobs.dryrun import dry_run
 
-        return dry_run(cfg, plan)
+        return dry_run(cfg, plan, facts=facts)
     # submit writes the run folder itself, once the preflight has passed; a local job runs to its end there
     from jobs.submit import submit
 
-    return submit(cfg, plan)
+    return submit(cfg, plan, facts=facts)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")

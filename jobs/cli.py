@@ -70,8 +70,15 @@ def _report(argv: list[str]) -> int:
     return report(argv)
 
 
+def _site(argv: list[str]) -> int:
+    from jobs.site import main
+
+    return main(argv)
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cluster": (_cluster, "a real Slurm cluster on this machine: zerorun cluster up | down | status"),
+    "site": (_site, "site profiles (site=NAME): zerorun site list | show NAME | probe NAME"),
     "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID|SWEEP_DIR] (none: every run)"),
     "logs": (_logs, "a rank's log: zerorun logs JOB_ID|RUN_DIR [--rank R] [--batch] [--follow]"),
     "cancel": (_cancel, "cancel a submitted job or sweep: zerorun cancel JOB_ID|RUN_DIR|SWEEP_DIR"),
