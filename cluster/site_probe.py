@@ -300,9 +300,11 @@ def load(site: str) -> Optional[SiteProbe]:
     except OSError as e:
         raise SiteProbeError(f"the probe of site {site} ({path}) cannot be read ({e.strerror}); fix its "
                              f"permissions, or run `zerorun site probe {site}` again") from None
+    import yaml
+
     try:
         return from_text(text)
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
+    except (yaml.YAMLError, ValueError, TypeError, KeyError, AttributeError) as e:
         raise SiteProbeError(f"the probe of site {site} ({path}) is not one zerorun can read ({e}); run "
                              f"`zerorun site probe {site}` again (or delete the file to check against Slurm at "
                              "each submission)") from None

@@ -66,6 +66,12 @@ class ZerorunSitesSource(ConfigSource):
         return ConfigResult(config=cfg, path=f"{self.scheme()}://{path.parent}", provider=self.provider,
                             header=header)
 
+    def __repr__(self) -> str:
+        from configs import sites
+
+        where = "; ".join(f"{what}: {folder}" for what, folder in sites.folders())
+        return f"provider={self.provider}, path={self.scheme()}:// (site profiles; {where})"
+
     def available(self) -> bool:
         return True
 
