@@ -292,6 +292,9 @@ def save(p: SiteProbe, path: Optional[Path] = None) -> Path:
 
 def load(site: str) -> Optional[SiteProbe]:
     """The kept probe of `site`, or None when it was never probed; SiteProbeError when the file is unreadable."""
+    if not sites.valid_name(site):
+        raise SiteProbeError(f"site.name={site!r} is not a site name (letters, digits, _ . -); choose a site with "
+                             "site=NAME")
     path = sites.probe_path(site)
     try:
         text = path.read_text()

@@ -44,6 +44,9 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
     facts = site_probe.facts(site) if site is not None else None
+    if site is None and cfg.site.name and plan.backend == "slurm":
+        print(f"zerorun: note: site {cfg.site.name} was never probed: checked against Slurm now "
+              f"(`zerorun site probe {cfg.site.name}` keeps its limits for every submission)", file=sys.stderr)
     if cfg.dry_run:
         from jobs.dryrun import dry_run
 

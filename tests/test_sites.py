@@ -201,6 +201,8 @@ def test_the_probe_is_kept_and_read_back_whole(site_folder):
     assert path == site_folder / "gpusite.probe.yaml"
     assert site_probe.load("gpusite") == p
     assert site_probe.load("other") is None, "never probed"
+    with pytest.raises(site_probe.SiteProbeError, match="is not a site name"):
+        site_probe.load("../gpusite")
     assert "gpusite.probe" not in sites.profiles(), "a probe is not a profile"
     path.write_text("partitions: [\n")
     with pytest.raises(site_probe.SiteProbeError, match="run `zerorun site probe gpusite` again"):

@@ -116,6 +116,15 @@ def test_the_probe_records_what_the_cluster_says(site):
     assert "normal" in {q.name for q in p.qos}, "the local cluster runs accounting: its QOS are visible"
 
 
+def test_the_probe_checks_the_profile_itself_and_keeps_its_answer(site):
+    (site["folder"] / "bad.yaml").write_text(PROFILE.replace("partition: debug", "partition: gpu"))
+    proc = zerorun(site, "site", "probe", "bad")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "the profile of site bad would be refused on this cluster" in proc.stderr
+    assert "cluster.partition='gpu' does not exist on this cluster; choose one of: debug, high" in proc.stderr
+    assert (site["folder"] / "bad.probe.yaml").exists(), "the answer is kept all the same"
+
+
 def test_a_submission_over_the_probes_maxtime_is_refused_without_asking_slurm(site):
     p = probe(site)
     debug = p.partition("debug")
