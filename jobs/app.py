@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from configs.finalize import finalize
 from configs.schema import register
+from cluster import site_probe
 from cluster.backends import get_backend
 from configs.validate import ConfigError, check_config
 
@@ -33,8 +34,6 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
     cfg = finalize(cfg)
-    from cluster import site_probe
-
     try:
         # the setup file is read here, at submission, so that planning itself stays pure
         plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file))

@@ -2,9 +2,10 @@
 
 `plan_arrays` asks the cluster (sinfo, `scontrol show config`) unless its facts are handed in or the sweep's
 site was probed (site=NAME: the probe's partitions and limits, cluster/site_probe.py), counts the jobs already
-queued (one squeue), runs the preflight on the members' plans, splits the members into arrays under MaxArraySize (cluster/sweep_plan.py, pure)
-and renders each array's batch script and index file; nothing of a sweep with problems is written. The dry run,
-a new sweep and a resubmission all plan here and write through `write_files`.
+queued (one squeue), runs the preflight on the members' plans, splits the members into arrays under
+MaxArraySize (cluster/sweep_plan.py, pure) and renders each array's batch script and index file; nothing of a
+sweep with problems is written. The dry run, a new sweep and a resubmission all plan here and write through
+`write_files`.
 """
 
 from __future__ import annotations
