@@ -118,6 +118,9 @@ class JobPlan:
     workdir: str = "/"
     # names of the submitting shell's variables the job inherits (sbatch --export); values never enter the plan
     exports: tuple[str, ...] = ()
+    # the GPU model (a GRES type) and how GPUs are asked for: "gpus_per_node" or "gres" (cluster.gres_style)
+    gpu_type: Optional[str] = None
+    gres_style: str = "gpus_per_node"
     # the fewest nodes the job may start on (None: exactly `nodes`)
     min_nodes: Optional[int] = None
     # start only after these jobs (sbatch --dependency=KIND:ID[:ID...]); resolved from cluster.after at
@@ -220,6 +223,8 @@ def make_plan(
         max_excluded_nodes=cfg.requeue.get("max_excluded_nodes"),
         workdir=workdir,
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
+        gpu_type=None if c.get("gpu_type") is None else str(c.gpu_type),
+        gres_style=str(c.get("gres_style", "gpus_per_node")),
         min_nodes=None if c.get("min_nodes") in (None, int(c.nodes)) else int(c.min_nodes),
         dependency=dependency,
         container=container_plan(cfg, workdir),

@@ -37,6 +37,15 @@ class NodeFacts:
 
 
 @dataclass(frozen=True)
+class QosLimits:
+    name: str
+    # MaxWall in minutes; jobs (running) and submissions (queued + running) per user; None: no limit
+    max_wall_min: Optional[int] = None
+    max_jobs_pu: Optional[int] = None
+    max_submit_pu: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class ClusterFacts:
     """What sinfo said: partition -> its nodes; `error` when it did not answer."""
 
@@ -47,6 +56,14 @@ class ClusterFacts:
     max_time_min: dict[str, Optional[int]] = field(default_factory=dict)
     # partition -> nodes that take no job now (down, drained, ...), with their state
     unavailable: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # partition -> the GPU types (GRES types) its nodes offer, e.g. ("a100", "h100"); untyped GPUs add none
+    gres_types: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # partition -> its MaxNodes (None: unlimited or not said); known from a site probe
+    max_nodes: dict[str, Optional[int]] = field(default_factory=dict)
+    # QOS name -> its limits, where the cluster showed them (a site probe: sacctmgr show qos)
+    qos: dict[str, "QosLimits"] = field(default_factory=dict)
+    # where the facts came from, quoted in the problems: "sinfo" (asked now), or a site's probe
+    source: str = "sinfo"
 
     @property
     def answered(self) -> bool:
@@ -70,6 +87,16 @@ def mem_mb(text: str) -> Optional[int]:
     if not m:
         return None
     return int(int(m.group(1)) * _MEM_UNIT_MB[m.group(2).upper()])
+
+
+def gpu_types(gres: str) -> tuple[str, ...]:
+    """GPU types in a gres string: "gpu:a100:4(S:0-1),gpu:h100:2" -> ("a100", "h100"); "gpu:8" -> ()."""
+    found = []
+    for item in gres.split(","):
+        parts = re.sub(r"\(.*?\)", "", item).split(":")
+        if parts[0] == "gpu" and len(parts) >= 3 and parts[1] not in found:
+            found.append(parts[1])
+    return tuple(found)
 
 
 def _gpus(gres: str) -> int:
@@ -106,6 +133,7 @@ def parse_sinfo(text: str) -> ClusterFacts:
     partitions: dict[str, list[NodeFacts]] = {}
     unavailable: dict[str, list[str]] = {}
     max_time: dict[str, Optional[int]] = {}
+    types: dict[str, list[str]] = {}
     default = None
     for line in text.splitlines():
         fields = line.strip().split("|")
@@ -118,6 +146,8 @@ def parse_sinfo(text: str) -> ClusterFacts:
             default = part
         max_time[part] = slurm_minutes(limit)
         partitions.setdefault(part, [])
+        types.setdefault(part, [])
+        types[part] += [t for t in gpu_types(gres) if t not in types[part]]
         if state.lower().rstrip("*~#!%$@^-+").split("+")[0] in UNAVAILABLE_STATES:
             unavailable.setdefault(part, []).append(f"{node} ({state})")
             continue
@@ -126,7 +156,8 @@ def parse_sinfo(text: str) -> ClusterFacts:
             NodeFacts(node, int(cpus) if cpus.isdigit() else 0, int(digits) if digits else 0, _gpus(gres))
         )
     return ClusterFacts({p: tuple(n) for p, n in sorted(partitions.items())}, default, None, max_time,
-                        {p: tuple(n) for p, n in unavailable.items()})
+                        {p: tuple(n) for p, n in unavailable.items()},
+                        gres_types={p: tuple(t) for p, t in types.items()})
 
 
 def probe(timeout: float = PROBE_TIMEOUT_S) -> ClusterFacts:
@@ -179,6 +210,7 @@ def plan_problems(plan: JobPlan) -> list[str]:
         p.append(f"nodes({plan.nodes}) x tasks_per_node({plan.tasks_per_node}) = {plan.world_size} ranks on "
                  f"nodes({plan.nodes}) x gpus_per_node({plan.gpus_per_node}) = {plan.nodes * plan.gpus_per_node} "
                  "GPUs: zerorun runs one rank per GPU; set cluster.tasks_per_node=${cluster.gpus_per_node}")
+    p += gres_problems(plan)
     if plan.cpus_per_task < 1:
         p.append(f"cluster.cpus_per_task={plan.cpus_per_task}: must be at least 1")
     if plan.time_min < 1:
@@ -201,6 +233,31 @@ def plan_problems(plan: JobPlan) -> list[str]:
         if key in OWNED_SBATCH_KEYS:
             p.append(f"cluster.sbatch_extra.{key}: zerorun sets --{key.replace('_', '-')} itself from "
                      f"{OWNED_SBATCH_KEYS[key]}; remove it from sbatch_extra")
+    return p
+
+
+_GRES_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def gres_problems(plan: JobPlan) -> list[str]:
+    """The GPU spelling keys (cluster.gpu_type, cluster.gres_style) on their own."""
+    from cluster.render import GRES_STYLES
+
+    p: list[str] = []
+    if plan.gres_style not in GRES_STYLES:
+        p.append(f"cluster.gres_style={plan.gres_style!r}; choose one of: {', '.join(GRES_STYLES)} "
+                 "(--gpus-per-node=[TYPE:]N or --gres=gpu[:TYPE]:N, whichever the site's Slurm takes)")
+    if plan.gpu_type is not None:
+        if not _GRES_TYPE.match(plan.gpu_type):
+            p.append(f"cluster.gpu_type={plan.gpu_type!r} is not a GRES type name; write the type as the site "
+                     "names it (e.g. a100, h100_80gb; `zerorun site probe NAME` lists them)")
+        elif plan.gpus_per_node == 0:
+            p.append(f"cluster.gpu_type={plan.gpu_type} with cluster.gpus_per_node=0: a GPU model for a job without "
+                     "GPUs; set cluster.gpus_per_node (and tasks_per_node), or cluster.gpu_type=null")
+    if plan.gpus_per_node and plan.gres_style == "gres" and any(k == "gres" for k, _ in plan.sbatch_extra):
+        p.append("cluster.sbatch_extra.gres with cluster.gres_style=gres: zerorun writes --gres=gpu:... itself "
+                 "from cluster.gpus_per_node and cluster.gpu_type; remove gres from sbatch_extra, or use "
+                 "cluster.gres_style=gpus_per_node to keep your own --gres")
     return p
 
 
@@ -273,10 +330,17 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
         p.append(f"requeue.max_excluded_nodes={plan.max_excluded_nodes} but {where} has {len(nodes)} nodes and the "
                  f"job needs {plan.nodes}: at most {max(spare, 0)} can be left out of a requeue; lower "
                  f"requeue.max_excluded_nodes to {max(spare, 0)}")
+    said = "" if facts.source == "sinfo" else f", from {facts.source}"
     limit = facts.max_time_min.get(name)
     if limit is not None and plan.time_min > limit:
-        p.append(f"cluster.time_min={plan.time_min} is over the MaxTime of {where} ({limit} min); lower "
+        p.append(f"cluster.time_min={plan.time_min} is over the MaxTime of {where} ({limit} min{said}); lower "
                  f"cluster.time_min to {limit} or less (a resumable run continues across requeues)")
+    most_nodes = facts.max_nodes.get(name)
+    if most_nodes is not None and plan.nodes > most_nodes:
+        p.append(f"cluster.nodes={plan.nodes} is over the MaxNodes of {where} ({most_nodes}{said}); lower "
+                 f"cluster.nodes to {most_nodes} or less, or choose another partition ({valid})")
+    p += _gres_type_problems(plan, facts, name, said)
+    p += _qos_problems(plan, facts, said)
     want_mb = mem_mb(plan.mem) if plan.mem else None
     if want_mb is not None:
         fit = [n for n in nodes if n.mem_mb >= want_mb]
@@ -296,6 +360,34 @@ def cluster_problems(plan: JobPlan, facts: ClusterFacts) -> list[str]:
                  "GPUs; set cluster.gpus_per_node (and tasks_per_node) to what a node has"
                  + (" (0 for CPU ranks)" if most_gpus == 0 else ""))
     return p
+
+
+def _gres_type_problems(plan: JobPlan, facts: ClusterFacts, name: str, said: str) -> list[str]:
+    """A GPU type the partition does not offer (`--gres=gpu:TYPE:N` would be refused by sbatch, or pend)."""
+    if plan.gpu_type is None or plan.gpus_per_node == 0:
+        return []
+    offered = facts.gres_types.get(name, ())
+    if plan.gpu_type in offered:
+        return []
+    elsewhere = sorted(p for p, types in facts.gres_types.items() if plan.gpu_type in types)
+    hint = (f"; partition(s) {', '.join(elsewhere)} offer it (cluster.partition)" if elsewhere else "")
+    known = ", ".join(offered) if offered else "none: its GPUs are untyped, or it has none"
+    return [f"cluster.gpu_type={plan.gpu_type} is not a GRES type of partition {name!r} (its GPU types: "
+            f"{known}{said}); set cluster.gpu_type to one of them, or cluster.gpu_type=null for any GPU{hint}"]
+
+
+def _qos_problems(plan: JobPlan, facts: ClusterFacts, said: str) -> list[str]:
+    """A QOS the cluster does not have, or a time over its MaxWall (only where the QOS list is known)."""
+    if plan.qos is None or not facts.qos:
+        return []
+    q = facts.qos.get(plan.qos)
+    if q is None:
+        return [f"cluster.qos={plan.qos} is not a QOS of this cluster (its QOS: {', '.join(sorted(facts.qos))}"
+                f"{said}); choose one of them, or cluster.qos=null for the default"]
+    if q.max_wall_min is not None and plan.time_min > q.max_wall_min:
+        return [f"cluster.time_min={plan.time_min} is over the MaxWall of QOS {q.name} ({q.max_wall_min} min{said}); "
+                f"lower cluster.time_min to {q.max_wall_min} or less, or choose another cluster.qos"]
+    return []
 
 
 def check(plan: JobPlan, facts: ClusterFacts) -> Preflight:

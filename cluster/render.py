@@ -104,6 +104,20 @@ def srun_argv(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
             *container_srun_flags(plan), *plan.srun_args, *rank_command(plan)]
 
 
+GRES_STYLES = ("gpus_per_node", "gres")
+
+
+def gpu_request(plan: JobPlan) -> dict[str, str]:
+    """The sbatch parameter that asks for the plan's GPUs, in the site's spelling (cluster.gres_style):
+    --gpus-per-node=[TYPE:]N, or --gres=gpu[:TYPE]:N. Nothing for CPU ranks."""
+    if not plan.gpus_per_node:
+        return {}
+    typed = f"{plan.gpu_type}:" if plan.gpu_type else ""
+    if plan.gres_style == "gres":
+        return {"gres": f"gpu:{typed}{plan.gpus_per_node}"}
+    return {"gpus_per_node": f"{typed}{plan.gpus_per_node}"}
+
+
 def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
     """(submitit's named parameters, its additional_parameters), every value checked by quoting.directive."""
     params: dict[str, Any] = {
@@ -113,7 +127,7 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
         "nodes": plan.nodes,
         "ntasks_per_node": plan.tasks_per_node,
         "cpus_per_task": plan.cpus_per_task,
-        "gpus_per_node": plan.gpus_per_node or None,
+        **gpu_request(plan),
         "qos": plan.qos,
         "mem": plan.mem,
         "constraint": plan.constraint,

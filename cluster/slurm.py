@@ -347,8 +347,17 @@ class ClusterLimits:
     max_array_size: int = DEFAULT_MAX_ARRAY_SIZE
     # jobs slurmctld keeps at once; each array task becomes one when it starts
     max_job_count: int = DEFAULT_MAX_JOB_COUNT
-    # where the numbers came from: "scontrol show config", or why Slurm's defaults are assumed
+    # where the numbers came from: "scontrol show config", a site's probe, or why Slurm's defaults are assumed
     source: str = "scontrol show config"
+    # per-user caps on jobs queued and running at once (each array task counts): (limit, what sets it), e.g.
+    # (500, "MaxSubmitPU of QOS normal"); known from a site probe
+    submit_limits: tuple[tuple[int, str], ...] = ()
+    # per-user caps on jobs running at once (MaxJobsPU): more members than this wait, they are not refused
+    run_limits: tuple[tuple[int, str], ...] = ()
+    # jobs in the queue now (one squeue at submit): the user's (array tasks counted one by one) and everyone's
+    # (as slurmctld keeps them: a pending array is one record); None when not asked
+    queued_mine: Optional[int] = None
+    queued_all: Optional[int] = None
 
 
 def parse_scontrol_config(text: str) -> ClusterLimits:
@@ -372,6 +381,39 @@ def limits() -> ClusterLimits:
     if out.returncode != 0:
         return ClusterLimits(source=f"Slurm's defaults (scontrol show config failed: {out.stderr.strip()})")
     return parse_scontrol_config(out.stdout)
+
+
+QUEUE_FORMAT = "%u|%i"
+
+
+def parse_queue(text: str, user: str) -> tuple[int, int]:
+    """(the user's jobs, every job record) from `squeue -h -o %u|%i`: a pending array ("12_[3-9%2]") is one record
+    of slurmctld's but counts task by task against the user's submit limits."""
+    mine = every = 0
+    for line in text.splitlines():
+        owner, _, job = line.strip().partition("|")
+        if not job:
+            continue
+        every += 1
+        if owner == user:
+            m = _ARRAY_RANGE.match(job)
+            mine += len(_task_ids(m.group(2))) if m else 1
+    return mine, every
+
+
+def queued(user: Optional[str] = None) -> tuple[Optional[int], Optional[int], str]:
+    """(the user's queued jobs, every job record, why not when None): one squeue over the whole queue."""
+    import getpass
+
+    user = user or getpass.getuser()
+    try:
+        out = run_command(["squeue", "-h", "-o", QUEUE_FORMAT])
+    except SlurmError as e:
+        return None, None, str(e)
+    if out.returncode != 0:
+        return None, None, f"squeue failed: {out.stderr.strip()}"
+    mine, every = parse_queue(out.stdout, user)
+    return mine, every, ""
 
 
 _ARRAY_RANGE = re.compile(r"^(\d+)_\[([0-9,\-]+)(?:%\d+)?\]$")

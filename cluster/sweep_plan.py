@@ -107,13 +107,35 @@ def sweep_problems(members: int, parallelism: int, limits: ClusterLimits) -> lis
     if parallelism < 1:
         p.append(f"sweep.parallelism={parallelism}: at least one member must be allowed to run at once; set "
                  "sweep.parallelism=1 or more (it caps the members running at the same time)")
-    if members > limits.max_job_count:
+    queued_all = limits.queued_all or 0
+    if members + queued_all > limits.max_job_count:
         arrays = -(-members // max(1, limits.max_array_size))
+        room = max(0, limits.max_job_count - queued_all)
+        queue = f" with the {queued_all} jobs already queued" if queued_all else ""
         p.append(f"the sweep has {members} members ({arrays} arrays of at most MaxArraySize="
-                 f"{limits.max_array_size}), more than the cluster keeps at once (MaxJobCount="
+                 f"{limits.max_array_size}){queue}: more than the cluster keeps at once (MaxJobCount="
                  f"{limits.max_job_count}, from {limits.source}); sweep fewer values per key, or submit it as "
-                 f"several sweeps of at most {limits.max_job_count} members")
+                 f"several sweeps of at most {room} members")
+    mine = limits.queued_mine or 0
+    for cap, what in limits.submit_limits:
+        if members + mine > cap:
+            queue = f" + your {mine} jobs already queued" if mine else ""
+            room = max(0, cap - mine)
+            fix = (f"submit at most {room} members now (fewer values per key, or several sweeps one after the "
+                   "other)" if room else "wait for your queued jobs to finish, or cancel some (squeue --me)")
+            p.append(f"the sweep's {members} members{queue} = {members + mine} jobs, over the {what} of {cap} "
+                     f"(from {limits.source}): Slurm would refuse the array; {fix}")
     return p
+
+
+def sweep_notes(members: int, parallelism: int, limits: ClusterLimits) -> list[str]:
+    """What limits the sweep without refusing it: a cap on the user's running jobs below its parallelism."""
+    notes = []
+    for cap, what in limits.run_limits:
+        if min(members, parallelism) > cap:
+            notes.append(f"at most {cap} of your jobs run at once ({what}, from {limits.source}): the sweep runs "
+                         f"{cap} members at a time, not sweep.parallelism={parallelism}; the others wait in the queue")
+    return notes
 
 
 def job_name(name: str, sweep_id: str, tag: str) -> str:

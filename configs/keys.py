@@ -42,6 +42,11 @@ def composition_error(e: BaseException) -> str:
         messages.append(str(e))
         e = e.__cause__  # type: ignore[assignment]
     text = "\n".join(messages)
+    site = re.search(r"Could not find '(?:/)?site/([^']+)'", text)
+    if site:
+        from configs.sites import unknown_site
+
+        return unknown_site(site.group(1))
     m = re.search(r"Could not override '([\w.]+)'", text)
     if m:
         parent = m.group(1).rpartition(".")[0]

@@ -222,6 +222,11 @@ class ClusterConfig:
     account: Optional[str] = None
     qos: Optional[str] = None
     constraint: Optional[str] = None
+    # the GPU model a job asks for (a GRES type of the site, e.g. "a100"); null: any GPU
+    gpu_type: Optional[str] = None
+    # how the GPUs are asked for: "gpus_per_node" (--gpus-per-node=[TYPE:]N) or "gres" (--gres=gpu[:TYPE]:N, for
+    # sites whose Slurm or policy wants the older spelling); a site profile (site=NAME) sets it
+    gres_style: str = "gpus_per_node"
     exclude: Optional[str] = None
     exclusive: bool = False
     # the one signal zerorun asks Slurm for, and how many seconds before the time limit it comes
@@ -329,6 +334,12 @@ class EvalConfig:
 
 
 @dataclass
+class SiteConfig:
+    # the site profile chosen with site=NAME (set by the profile's loader, configs/sites.py); null: none
+    name: Optional[str] = None
+
+
+@dataclass
 class ZerorunConfig:
     task: TaskConfig = MISSING
     dataset: DatasetConfig = MISSING
@@ -344,6 +355,9 @@ class ZerorunConfig:
     watchdog: WatchdogConfig = field(default_factory=WatchdogConfig)
     # settings of a sweep (`-m`): parallelism, id, what a second submission does, the metric that ranks members
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # the site profile (site=NAME: ~/.config/zerorun/sites/NAME.yaml or a shipped one; docs/sites.md); its
+    # probe (`zerorun site probe NAME`) is what the preflight checks against, without asking Slurm at submit
+    site: SiteConfig = field(default_factory=SiteConfig)
     seed: int = 42
     # the run's name; the run folder is runs_dir/name/run_id and stays the same for every attempt of the run
     name: str = "${task.name}"

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from configs.finalize import finalize
 from configs.schema import register
+from cluster import site_probe
 from cluster.backends import get_backend
 from configs.validate import ConfigError, check_config
 from jobs import chains
@@ -43,17 +44,23 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         else:
             dependency = chains.dependency(cfg)
         plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file), dependency=dependency)
-    except (SetupFileError, chains.ChainError) as e:
+        # a probed site (site=NAME) is checked against its probe: Slurm is not asked again
+        site = site_probe.for_config(cfg)
+    except (SetupFileError, chains.ChainError, site_probe.SiteProbeError) as e:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
+    facts = site_probe.facts(site) if site is not None else None
+    if site is None and cfg.site.name and plan.backend == "slurm":
+        print(f"zerorun: note: site {cfg.site.name} was never probed: checked against Slurm now "
+              f"(`zerorun site probe {cfg.site.name}` keeps its limits for every submission)", file=sys.stderr)
     if cfg.dry_run:
         from jobs.dryrun import dry_run
 
-        return dry_run(cfg, plan)
+        return dry_run(cfg, plan, facts=facts)
     # submit writes the run folder itself, once the preflight has passed; a local job runs to its end there
     from jobs.submit import submit
 
-    return submit(cfg, plan)
+    return submit(cfg, plan, facts=facts)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://configs", config_name="config")

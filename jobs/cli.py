@@ -77,8 +77,15 @@ def _eval(argv: list[str]) -> int:
     return eval_verb(argv)
 
 
+def _site(argv: list[str]) -> int:
+    from jobs.site import main
+
+    return main(argv)
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cluster": (_cluster, "a real Slurm cluster on this machine: zerorun cluster up | down | status"),
+    "site": (_site, "site profiles (site=NAME): zerorun site list | show NAME | probe NAME"),
     "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID|SWEEP_DIR] (none: every run and "
                         "sweep)"),
     "logs": (_logs, "a rank's log: zerorun logs JOB_ID|RUN_DIR [--rank R] [--batch] [--follow]"),
@@ -110,6 +117,10 @@ def config_groups() -> dict[str, list[str]]:
     for top in sorted(root.iterdir(), key=lambda c: c.name):
         if top.is_dir() and not top.name.startswith("__"):
             walk(top, "", top.name)
+    # site profiles: the user's folder too (configs/sites.py)
+    from configs import sites
+
+    groups[sites.GROUP] = sorted(set(groups.get(sites.GROUP, [])) | set(sites.profiles()))
     return groups
 
 
@@ -134,6 +145,7 @@ examples:
   zerorun trainer.max_steps=20
   zerorun cluster=local cluster.nodes=2 cluster.tasks_per_node=1 trainer=ddp
   zerorun cluster=slurm cluster.nodes=2 cluster.gpus_per_node=4 trainer=deepspeed dry_run=true
+  zerorun site probe NAME && zerorun site=NAME trainer=deepspeed   (docs/sites.md)
   zerorun status
   zerorun -m cluster=slurm optimizer.lr=1e-4,3e-4 seed=1,2,3 sweep.parallelism=4
 

@@ -34,6 +34,8 @@ class SlurmBackend:
         notes = []
         if facts.answered:
             problems += preflight.cluster_problems(plan, facts)
+            if facts.source != "sinfo":
+                notes.append(f"partitions, nodes and limits checked against {facts.source}; Slurm was not asked")
         else:
             notes.append(f"the cluster was not asked ({facts.error}): partition, nodes and memory were not checked")
         return preflight.Preflight(problems, notes)

@@ -1,9 +1,11 @@
 """The job arrays of one submission of a sweep, and the files they are made of.
 
-`plan_arrays` asks the cluster (sinfo, `scontrol show config`) unless its facts are handed in, runs the
-preflight on the members' plans, splits the members into arrays under MaxArraySize (cluster/sweep_plan.py, pure)
-and renders each array's batch script and index file; nothing of a sweep with problems is written. The dry run,
-a new sweep and a resubmission all plan here and write through `write_files`.
+`plan_arrays` asks the cluster (sinfo, `scontrol show config`) unless its facts are handed in or the sweep's
+site was probed (site=NAME: the probe's partitions and limits, cluster/site_probe.py), counts the jobs already
+queued (one squeue), runs the preflight on the members' plans, splits the members into arrays under
+MaxArraySize (cluster/sweep_plan.py, pure) and renders each array's batch script and index file; nothing of a
+sweep with problems is written. The dry run, a new sweep and a resubmission all plan here and write through
+`write_files`.
 """
 
 from __future__ import annotations
@@ -50,10 +52,13 @@ def plan_arrays(config_views: Sequence[Any], nums: Sequence[int], run_dirs: Mapp
 
     problems: list[str] = []
     notes: list[str] = []
-    limits = limits if limits is not None else slurm.limits()
-    if not limits.source.startswith("scontrol"):
-        notes.append(f"cluster limits not asked: {limits.source}")
-    facts = facts if facts is not None else preflight.probe()
+    from cluster import site_probe
+
+    try:
+        # a probed site (site=NAME): its partitions and limits as recorded, no sinfo or scontrol now
+        site = site_probe.for_config(config_views[0]) if facts is None or limits is None else None
+    except site_probe.SiteProbeError as e:
+        return Planned(None, {}, [str(e)], notes)
     plans = []
     try:
         # cluster.after: every array of the first submission waits for the same jobs; a resubmission of failed
@@ -67,11 +72,23 @@ def plan_arrays(config_views: Sequence[Any], nums: Sequence[int], run_dirs: Mapp
         except SetupFileError as e:
             return Planned(None, {}, [str(e)], notes)
         plans.append(make_plan(view, python, setup_file_lines=lines, workdir=workdir, dependency=dependency))
+    if limits is None:
+        limits = site_probe.limits(site, plans[0]) if site is not None else slurm.limits()
+        if site is None and not limits.source.startswith("scontrol"):
+            notes.append(f"cluster limits not asked: {limits.source}")
+        # one squeue: the jobs already queued count against MaxJobCount and the user's submit limits
+        mine, every, why = slurm.queued()
+        if why:
+            notes.append(f"the queue was not counted ({why}): only this sweep's size was checked")
+        limits = dataclasses.replace(limits, queued_mine=mine, queued_all=every)
+    if facts is None:
+        facts = site_probe.facts(site) if site is not None else preflight.probe()
     for p in plans:
         check = preflight.check(p, facts)
         problems += [x for x in check.problems if x not in problems]
         notes += [x for x in check.notes if x not in notes]
     problems += sweep_plan.sweep_problems(len(nums), parallelism, limits)
+    notes += sweep_plan.sweep_notes(len(nums), parallelism, limits)
     if problems:
         return Planned(None, {}, problems, notes)
     splan = sweep_plan.plan_sweep(plans[0], list(nums), sweep_id=sweep_id, sweep_dir=sweep_dir, name=name,
