@@ -15,6 +15,8 @@ render paths into it and the verbs that read it.
       stacks/JOB-R/rank-N.txt  every rank's stacks when the watchdog found attempt R of job JOB hung
       metrics.json           the final metrics (written once, by rank 0, when the run completes)
       csv/ tensorboard/      the logger's files, one continuous run across attempts
+      wandb/ mlruns/         a tracker's local files (W&B offline or cache, MLflow's default file store)
+      tracker.json           the tracker run every attempt continues (W&B id, MLflow run id; trainer_core/trackers.py)
 
 Pure: names and path arithmetic only.
 """
@@ -40,6 +42,7 @@ RANK_REPORTS = "ranks"
 METRICS = "metrics.json"
 PROGRESS = "progress"
 STACKS = "stacks"
+TRACKER = "tracker.json"
 
 # A scheduler's file-name pattern expands %j (job id) and %t (task id = global rank); one file per rank.
 RANK_LOG_PATTERN = "%j_%t.out"
