@@ -95,9 +95,9 @@ def _wandb(run_dir: Path, project: str, t: dict[str, Any], run_name: str) -> Wan
         _record_identity(run_dir, "wandb", {"id": run_id})
     offline = str(t.get("mode") or "online") == "offline"
     # Nothing of the machine is recorded: not the environment, command line or host (meta), git state, code,
-    # system statistics or the console (the rank logs hold it already).
+    # system statistics or the console (the rank logs hold it already); and no run summary in the rank log.
     settings = wandb.Settings(save_code=False, disable_git=True, x_disable_meta=True, x_disable_stats=True,
-                              console="off", disable_job_creation=True)
+                              console="off", disable_job_creation=True, quiet=True)
     return FinishingWandbLogger(id=run_id, resume="allow", project=project, entity=t.get("entity") or None,
                                 name=f"{run_name}/{run_dir.name}", save_dir=str(run_dir), offline=offline,
                                 settings=settings)
