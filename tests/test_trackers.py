@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -166,6 +167,21 @@ def test_mlflow_attempt_killed_after_its_checkpoint_logs_the_redone_steps_again(
     points = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train_loss"))
     assert points == sorted([(s, float(s)) for s in range(20)] + [(s, 100.0 + s) for s in range(14, 30)])
     assert len(client.search_runs([client.get_experiment_by_name("p").experiment_id])) == 1
+
+
+def test_wandb_attempt_killed_after_its_checkpoint_logs_the_redone_steps_again(tmp_path):
+    """The same for W&B offline: the second attempt's folder, under the same id, holds steps 14..29."""
+    from trainer_core.loggers import build_logger
+
+    run_dir = tmp_path / "lm" / "run1"
+    run_dir.mkdir(parents=True)
+    _log(build_logger("wandb", run_dir, None, {"mode": "offline"}, "lm"), range(20))
+    time.sleep(1.1)  # W&B names an offline folder by the second its run started; real attempts are further apart
+    _log(build_logger("wandb", run_dir, 14, {"mode": "offline"}, "lm"), range(14, 30), offset=100)
+    found = wandb_attempts(run_dir)
+    assert [i for i, _ in found] == ["lm-run1", "lm-run1"]
+    assert [[(r["trainer/global_step"], r["train_loss"]) for r in rows] for _, rows in found] == \
+           [[(s, float(s)) for s in range(20)], [(s, 100.0 + s) for s in range(14, 30)]]
 
 
 def test_wandb_id_is_kept_from_the_first_start(tmp_path):
