@@ -36,12 +36,11 @@ from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.utilities import rank_zero_only
 
+from configs.validate import TRACKER_PACKAGES
 from trainer_core import layout
 from trainer_core.durable import write_atomic
 
-# the extra that installs each tracker's package (pyproject.toml), named in the error when it is missing
-EXTRAS = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
-TRACKERS = tuple(EXTRAS)
+TRACKERS = tuple(TRACKER_PACKAGES)
 
 
 class TrackerMissing(RuntimeError):
@@ -51,7 +50,7 @@ class TrackerMissing(RuntimeError):
 def build_tracker(kind: str, run_dir: os.PathLike | str, tracker: Optional[Mapping[str, Any]],
                   run_name: str) -> Any:
     """The Lightning logger for trainer.logger=wandb|mlflow, continuing the tracker run of this run folder."""
-    module, extra = EXTRAS[kind]
+    module, extra = TRACKER_PACKAGES[kind]
     try:
         __import__(module)
     except ImportError as e:
