@@ -3,7 +3,8 @@
     python bench/bench_trackers.py [--steps 200]
 
 Each tracker in a fresh process (the tracker's import counted, Lightning's not: a rank has it already), offline
-(W&B offline files, MLflow's file store), twice per run folder: the first attempt and a continued one. Prints seconds per phase and milliseconds per logged step.
+(W&B offline files, MLflow's file store), twice per run folder: the first attempt and a continued one. Prints
+seconds per phase and milliseconds per logged step.
 """
 
 from __future__ import annotations
