@@ -92,6 +92,9 @@ class JobPlan:
     exports: tuple[str, ...] = ()
     # the fewest nodes the job may start on (None: exactly `nodes`)
     min_nodes: Optional[int] = None
+    # start only after these jobs (sbatch --dependency=KIND:ID[:ID...]); resolved from cluster.after at
+    # submission (jobs/chains.py), like the setup file: None when there is nothing left to wait for
+    dependency: Optional[str] = None
 
     @property
     def world_size(self) -> int:
@@ -134,11 +137,13 @@ def make_plan(
     *,
     setup_file_lines: tuple[str, ...] = (),
     workdir: Optional[str] = None,
+    dependency: Optional[str] = None,
 ) -> JobPlan:
     """The plan of a config that passed configs.validate.check_config and has been resolved.
 
     `setup_file_lines` come from read_setup_file(cfg.cluster.setup_file); `workdir` defaults to the current
-    directory (like `python`, a fact of the submitting process, passed in so tests can fix it).
+    directory (like `python`, a fact of the submitting process, passed in so tests can fix it); `dependency` is
+    cluster.after resolved against the scheduler ("afterok:123:456", jobs/chains.py), None for none.
     """
     c = cfg.cluster
     env = [
@@ -185,4 +190,5 @@ def make_plan(
         workdir=workdir if workdir is not None else os.getcwd(),
         exports=tuple(dict.fromkeys((*BASE_EXPORTS, *passthrough))),
         min_nodes=None if c.get("min_nodes") in (None, int(c.nodes)) else int(c.min_nodes),
+        dependency=dependency,
     )

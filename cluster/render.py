@@ -48,6 +48,7 @@ OWNED_SBATCH_KEYS = {
     "no_requeue": "cluster.requeue", "export": "cluster.env_passthrough", "output": "(zerorun's log layout)",
     "error": "(zerorun's log layout)", "open_mode": "(zerorun's log layout)", "chdir": "(the run folder)",
     "array": "(zerorun -m: a sweep is one job array)",
+    "dependency": "cluster.after and cluster.after_kind", "kill_on_invalid_dep": "cluster.after",
 }
 
 
@@ -133,6 +134,11 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
         additional["nodes"] = quoting.directive("nodes", f"{plan.min_nodes}-{plan.nodes}")
     # cluster.requeue=false: Slurm itself must not requeue the job either (on a node failure, say)
     additional["requeue" if plan.requeue else "no_requeue"] = True
+    if plan.dependency is not None:
+        # cluster.after: wait for those jobs; a dependency that can never be satisfied (afterok on a job that
+        # failed) cancels this job instead of leaving it pending forever (Slurm's default)
+        additional["dependency"] = quoting.directive("dependency", plan.dependency)
+        additional["kill_on_invalid_dep"] = "yes"
     for key, value in plan.sbatch_extra:
         quoting.directive("sbatch_extra key", key)
         if value is False or value is None:

@@ -237,6 +237,13 @@ class ClusterConfig:
     cpu_rehearsal: bool = False
     # ask Slurm to requeue the job (node failure, preemption); the rerun resumes from the run's latest checkpoint
     requeue: bool = True
+    # start only after other jobs (docs/chains.md): a Slurm job id, a run folder (its job) or a sweep folder (all
+    # of its arrays). Submission refuses a job that does not exist or that ended so that the wait could never end;
+    # a dependency that has already ended well is dropped. cluster=local waits for it here, in the foreground
+    after: Optional[str] = None
+    # "afterok": only once every dependency completed (a failed one cancels this job instead of leaving it
+    # pending); "afterany": once they ended, however they ended
+    after_kind: str = "afterok"
 
 
 @dataclass
@@ -295,6 +302,21 @@ class SweepConfig:
     # and whether lower ("min") or higher ("max") is better
     metric: str = "val_loss"
     mode: str = "min"
+
+
+@dataclass
+class EvalConfig:
+    """The `eval` section of an evaluation job's config (written by `zerorun eval`, never composed by Hydra):
+    which run's final checkpoint it evaluates, on which split. A training run's config has no such section."""
+
+    # the run folder evaluated, or the sweep folder whose best member is evaluated (best=true)
+    of: str = MISSING
+    # the data set split evaluated (becomes dataset.validation_split): "validation", "test", ...
+    split: str = "validation"
+    # of is a sweep folder: evaluate its best member by sweep.metric / sweep.mode, chosen when the job runs
+    best: bool = False
+    # the command line's overrides, applied again to the chosen member's config when best=true
+    overrides: List[str] = field(default_factory=list)
 
 
 @dataclass

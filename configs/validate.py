@@ -23,6 +23,8 @@ LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
 # trackers: the package each needs on the machine the ranks run on, and the extra that installs it
 TRACKER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 TRACKER_MODES = ("online", "offline")
+# how a job waits for cluster.after (sbatch --dependency=KIND:ID...)
+AFTER_KINDS = ("afterok", "afterany")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
 # signals Slurm may send as the job's own (--signal); zerorun records it and TERM/INT (trainer_core/signals.py). Not HUP:
 # ninja resets it to the default for the compilers it starts, so it would kill an op build at start-up.
@@ -218,6 +220,7 @@ def _cluster_problems(cfg: Any) -> list[str]:
             "set it to a number of seconds above 0 (default 1800)"
         )
     p += _watchdog_problems(cfg)
+    _choice(p, "cluster.after_kind", c.get("after_kind", "afterok"), AFTER_KINDS)
     if c.time_min < 1:
         p.append(f"cluster.time_min={c.time_min}: the time limit must be at least 1 minute")
     signal_name = str(c.signal).upper().removeprefix("SIG")

@@ -12,6 +12,7 @@ from configs.finalize import finalize
 from configs.schema import register
 from cluster.backends import get_backend
 from configs.validate import ConfigError, check_config
+from jobs import chains
 
 register()
 
@@ -34,9 +35,15 @@ def launch(cfg: DictConfig, overrides: Sequence[str] = ()) -> int:
         return 2
     cfg = finalize(cfg)
     try:
-        # the setup file is read here, at submission, so that planning itself stays pure
-        plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file))
-    except SetupFileError as e:
+        # the setup file and cluster.after are read here, at submission, so that planning itself stays pure;
+        # a foreground backend has no queue: it waits here for cluster.after (jobs/chains.py)
+        if get_backend(str(cfg.cluster.backend)).runs_in_foreground:
+            chains.wait_here(cfg, wait=not cfg.dry_run)
+            dependency = None
+        else:
+            dependency = chains.dependency(cfg)
+        plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file), dependency=dependency)
+    except (SetupFileError, chains.ChainError) as e:
         print(f"zerorun: {e}", file=sys.stderr)
         return 2
     if cfg.dry_run:

@@ -70,6 +70,12 @@ def _report(argv: list[str]) -> int:
     return report(argv)
 
 
+def _eval(argv: list[str]) -> int:
+    from jobs.verbs import eval_verb
+
+    return eval_verb(argv)
+
+
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cluster": (_cluster, "a real Slurm cluster on this machine: zerorun cluster up | down | status"),
     "status": (_status, "state of submitted runs: zerorun status [RUN_DIR|JOB_ID|SWEEP_DIR] (none: every run)"),
@@ -77,6 +83,8 @@ VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "cancel": (_cancel, "cancel a submitted job or sweep: zerorun cancel JOB_ID|RUN_DIR|SWEEP_DIR"),
     "resubmit": (_resubmit, "a sweep's failed, timed-out or cancelled members again: zerorun resubmit SWEEP_DIR "
                             "--failed"),
+    "eval": (_eval, "evaluate a run's final checkpoint as a job of its own, after the run: zerorun eval RUN_DIR "
+                    "[split=test] [cluster=...] | zerorun eval SWEEP_DIR --best"),
     "report": (_report, "plot a sweep and print its best members: zerorun report SWEEP_DIR"),
 }
 

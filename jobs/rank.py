@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.update(contract.env())
     os.environ[RUN_DIR_ENV] = os.path.abspath(run_dir)
 
+    if cfg.get("eval") is not None:  # an evaluation job (zerorun eval): measure a checkpoint, train nothing
+        from jobs.evaluation import evaluate_rank
+
+        return evaluate_rank(cfg, contract)
+
     from trainer_core.train import fit
 
     return fit(cfg, contract, signals).exit_code

@@ -102,7 +102,8 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
     run_dir = os.path.abspath(resume_dir)
     cfg = load_config(run_dir)
     followed = _trainer_follows_geometry(cfg)
-    for o in OverridesParser.create().parse_overrides(overrides):
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    for o in parsed:
         key = o.key_or_group
         if key in ("resume", "run_dir") or key.startswith("hydra"):
             continue
@@ -119,6 +120,9 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
         OmegaConf.update(cfg, key, OmegaConf.select(cfg, _GEOMETRY[key]), merge=False)
     cfg.run_dir = run_dir
     cfg.resume = run_dir
+    if cfg.cluster.get("after") is not None and not any(o.key_or_group == "cluster.after" for o in parsed):
+        # what the first submission waited for is not the resume's business (it may have ended long ago)
+        cfg.cluster.after = None
     live = live_job(run_dir)
     if live:
         raise RunFolderError(f"resume={resume_dir}: not while the run is alive: {live}")

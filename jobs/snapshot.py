@@ -58,6 +58,8 @@ class Submission:
     run_dir: str
     script: str
     zerorun_version: str
+    # the jobs it waits for, as rendered (sbatch --dependency, from cluster.after); None: none
+    dependency: Optional[str] = None
 
 
 def version() -> str:

@@ -71,13 +71,16 @@ def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Option
         run_dir=str(run_dir),
         script=script,
         zerorun_version=ctx.version,
+        dependency=plan.dependency,
     )
     snapshot.write_record(str(run_dir), record)
     out.write(
         f"zerorun: submitted job {job_id}: nodes({plan.nodes}) x tasks_per_node({plan.tasks_per_node}) = "
         f"{plan.world_size} ranks\n"
         f"  run folder: {run_dir}\n"
-        f"  follow it:  zerorun status {job_id} | zerorun logs {job_id} --follow | zerorun cancel {job_id}\n"
+        + (f"  waits for:  {plan.dependency} (cluster.after={cfg.cluster.after}); a dependency that fails "
+           "cancels it\n" if plan.dependency else "")
+        + f"  follow it:  zerorun status {job_id} | zerorun logs {job_id} --follow | zerorun cancel {job_id}\n"
     )
     return 0
 

@@ -16,11 +16,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, TextIO
+from typing import Any, Optional, Sequence, TextIO
 
 from cluster import table
 from cluster.backends import get_backend
-from jobs import snapshot
+from jobs import chains, snapshot
 from trainer_core import attempts, layout
 
 FOLLOW_POLL_S = 0.5
@@ -180,6 +180,9 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         elif hangs and not detail:
             h = hangs[-1]
             detail = f"attempt {h.number} {attempts.describe_hang(h.hang, t.run_dir or '')}; requeued"
+        waited = chain_detail(t, st)
+        if waited:
+            detail = "; ".join(x for x in (detail, waited) if x) if st and st.state == "PENDING" else waited
         excluded = attempts.excluded_nodes(events)
         if excluded:
             detail = "; ".join(x for x in (detail, f"excluded nodes: {', '.join(excluded)}") if x)
@@ -199,7 +202,23 @@ def status(argv: list[str], out: TextIO = sys.stdout) -> int:
         st = states.get(t.job_id or "")
         if st is not None and st.finished and st.state != "COMPLETED":
             _print_failed_rank_tail(t, out)
+        from jobs.evaluation import show_evaluations
+
+        show_evaluations(t.run_dir, out)
     return 0
+
+
+def chain_detail(t: Target, st: Optional[Any]) -> str:
+    """What a job with cluster.after waits for while pending, or why it was cancelled without running (a
+    dependency that failed: kill-on-invalid-dep); "" otherwise."""
+    if t.run_dir is None or st is None or st.state not in ("PENDING", "CANCELLED"):
+        return ""
+    record = snapshot.read_record(t.run_dir)
+    if record is None or not record.dependency:
+        return ""
+    if st.state == "PENDING":
+        return f"waits for {record.dependency} (cluster.after)"
+    return chains.explain_cancel(record.dependency, get_backend(t.backend).query) or ""
 
 
 # lines of a failed rank's log `zerorun status RUN` shows
@@ -334,3 +353,26 @@ def cancel(argv: list[str], out: TextIO = sys.stdout) -> int:
         return 1
     out.write(f"zerorun: cancel requested for job {t.job_id}; see zerorun status {t.job_id}\n")
     return 0
+
+
+def eval_verb(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+    p = argparse.ArgumentParser(
+        prog="zerorun eval",
+        description="Evaluate a run's final checkpoint on a split (its task's metric: BLEU, perplexity) as a job of "
+                    "its own, after the run's job. Overrides: split=NAME, cluster=NAME, cluster.*, dataset.*, "
+                    "dry_run=true.")
+    p.add_argument("target", help="a run folder, or a sweep folder with --best")
+    p.add_argument("--best", action="store_true", help="evaluate the sweep's best member (sweep.metric, sweep.mode), "
+                   "chosen once its arrays have ended")
+    p.add_argument("overrides", nargs="*", help="KEY=VALUE: split=test, cluster=slurm, cluster.nodes=1, ...")
+    args = p.parse_args(argv)
+    from jobs.app import launch
+    from jobs.evaluation import EvalError, eval_config
+    from jobs.sweeps.record import RecordError
+
+    try:
+        cfg = eval_config(args.target, args.best, args.overrides)
+    except (EvalError, RecordError, FileNotFoundError, ValueError) as e:
+        err.write(f"zerorun: not submitted: {e}\n")
+        return 2
+    return launch(cfg)

@@ -17,6 +17,8 @@ render paths into it and the verbs that read it.
       csv/ tensorboard/      the logger's files, one continuous run across attempts
       wandb/ mlruns/         a tracker's local files (W&B offline or cache, MLflow's default file store)
       tracker.json           the tracker run every attempt continues (W&B id, MLflow run id; trainer_core/trackers.py)
+      eval/SPLIT-ID/         evaluations of this run (`zerorun eval`): run folders of their own, with
+                             metrics.json and eval.json (what was evaluated)
 
 Pure: names and path arithmetic only.
 """
@@ -43,6 +45,9 @@ METRICS = "metrics.json"
 PROGRESS = "progress"
 STACKS = "stacks"
 TRACKER = "tracker.json"
+# evaluations of a run (`zerorun eval`): EVALS/SPLIT-ID/, each with EVALUATED (what it evaluated) beside METRICS
+EVALS = "eval"
+EVALUATED = "eval.json"
 
 # A scheduler's file-name pattern expands %j (job id) and %t (task id = global rank); one file per rank.
 RANK_LOG_PATTERN = "%j_%t.out"

@@ -36,6 +36,9 @@ def local_problems(built: Any) -> list[str]:
     problems += refuse_secrets(texts(built))
     for c in built.plan_configs:
         problems += [p for p in preflight.plan_problems(make_plan(ConfigView(c))) if p not in problems]
+        if ConfigView(c).cluster.get("after") and not any("cluster.after" in p for p in problems):
+            problems.append("cluster.after is not supported for a sweep on cluster=local; run the sweep once "
+                            "the job has ended, or submit it with cluster=slurm (its arrays then wait in the queue)")
     return problems
 
 

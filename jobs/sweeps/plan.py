@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, TextIO
 
+from jobs import chains
 from trainer_core.durable import write_atomic
 
 MEMBERS_TABLE = "members.txt"
@@ -54,12 +55,18 @@ def plan_arrays(config_views: Sequence[Any], nums: Sequence[int], run_dirs: Mapp
         notes.append(f"cluster limits not asked: {limits.source}")
     facts = facts if facts is not None else preflight.probe()
     plans = []
+    try:
+        # cluster.after: every array of the first submission waits for the same jobs; a resubmission of failed
+        # members does not wait (what the sweep waited for has ended by then, and may be why they failed)
+        dependency = chains.dependency(config_views[0]) if config_views and submission == 0 else None
+    except chains.ChainError as e:
+        return Planned(None, {}, [str(e)], notes)
     for view in config_views:
         try:
             lines = read_setup_file(view.cluster.setup_file)
         except SetupFileError as e:
             return Planned(None, {}, [str(e)], notes)
-        plans.append(make_plan(view, python, setup_file_lines=lines, workdir=workdir))
+        plans.append(make_plan(view, python, setup_file_lines=lines, workdir=workdir, dependency=dependency))
     for p in plans:
         check = preflight.check(p, facts)
         problems += [x for x in check.problems if x not in problems]

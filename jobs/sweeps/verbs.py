@@ -99,6 +99,9 @@ def status(argv: list[str], out: TextIO = sys.stdout, err: TextIO = sys.stderr) 
     failed = [m.num for m in record.members if m.state in sweep_record.RESUBMITTABLE]
     if failed:
         out.write(f"{len(failed)} member(s) can be resubmitted: zerorun resubmit {args.sweep_dir} --failed\n")
+    from jobs.evaluation import show_evaluations
+
+    show_evaluations(args.sweep_dir, out)
     return 0
 
 
