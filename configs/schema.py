@@ -150,6 +150,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class TrackerConfig:
+    """trainer.logger=wandb or mlflow (docs/trackers.md). Credentials are never set here: list their variables
+    (WANDB_API_KEY, MLFLOW_TRACKING_TOKEN, ...) in cluster.env_passthrough."""
+    # the W&B project or MLflow experiment; null: the run's name
+    project: Optional[str] = None
+    # the W&B entity (user or team); null: the API key's default. MLflow has none
+    entity: Optional[str] = None
+    # MLflow's tracking server or store ("http://...", "file:/..."); null: a file store in the run folder
+    # (RUN_DIR/mlruns). W&B reads its server from WANDB_BASE_URL
+    tracking_uri: Optional[str] = None
+    # "online", or "offline": W&B writes RUN_DIR/wandb only (upload later with `wandb sync --id ID`); MLflow logs
+    # to the run folder's file store (a tracking_uri other than file: is refused)
+    mode: str = "online"
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "auto"
     # processes per node and nodes; they follow the cluster geometry unless set by hand
@@ -168,8 +184,9 @@ class TrainerConfig:
     keep_batch: str = "global"
     gradient_clip_val: Optional[float] = 1.0
     deterministic: bool = False
-    # "tensorboard" or "csv"
+    # "tensorboard", "csv", or a tracker: "wandb", "mlflow" (settings under trainer.tracker)
     logger: str = "tensorboard"
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     enable_progress_bar: bool = True
     # seconds a collective (all-reduce, barrier, a checkpoint save's meeting) waits for the other ranks before
     # the process group gives up and the job fails; raise it when a save or a rank's start-up can take longer

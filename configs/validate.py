@@ -19,7 +19,10 @@ from configs.schema import BUILTIN_TASKS, NOT_TASKS, task_module
 
 STRATEGIES = ("auto", "ddp", "deepspeed")
 ZERO_STAGES = (2,)
-LOGGERS = ("tensorboard", "csv")
+LOGGERS = ("tensorboard", "csv", "wandb", "mlflow")
+# trackers: the package each needs on the machine the ranks run on, and the extra that installs it
+TRACKER_PACKAGES = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
+TRACKER_MODES = ("online", "offline")
 # how a job waits for cluster.after (sbatch --dependency=KIND:ID...)
 AFTER_KINDS = ("afterok", "afterany")
 PRECISIONS = ("auto", "32-true", "32", "bf16-mixed", "16-mixed", "bf16-true")
@@ -65,8 +68,23 @@ def config_problems(cfg: Any) -> list[str]:
     p += _cluster_problems(cfg)
     p += _checkpoint_and_requeue_problems(cfg)
     p += _container_problems(cfg)
+    p += _tracker_problems(cfg.trainer)
     for key, value in (("name", cfg.name), ("run_id", cfg.get("run_id")), ("sweep.id", cfg.sweep.id)):
         _path_part(p, key, value)
+    return p
+
+
+def _tracker_problems(t: Any) -> list[str]:
+    p: list[str] = []
+    tracker = t.get("tracker")
+    if t.logger not in TRACKER_PACKAGES or tracker is None:
+        return p
+    _choice(p, "trainer.tracker.mode", tracker.mode, TRACKER_MODES)
+    uri = tracker.get("tracking_uri")
+    if t.logger == "mlflow" and tracker.mode == "offline" and uri and not str(uri).startswith("file:"):
+        p.append(f"trainer.tracker.mode=offline logs to a file store, but trainer.tracker.tracking_uri={uri!r} is a "
+                 "server; set trainer.tracker.tracking_uri=null (the run folder's mlruns) or a file: URI, or "
+                 "trainer.tracker.mode=online")
     return p
 
 
@@ -242,6 +260,12 @@ def file_problems(cfg: Any) -> list[str]:
                 f"choose one of zerorun's tasks ({', '.join(builtin_tasks())}) or the module path of a task "
                 "(docs/tasks.md)"
             )
+    if cfg.trainer.logger in TRACKER_PACKAGES:
+        module, extra = TRACKER_PACKAGES[cfg.trainer.logger]
+        if importlib.util.find_spec(module) is None:  # found, not imported (the submission side stays light)
+            p.append(f"trainer.logger={cfg.trainer.logger} needs the {module} package, which is not installed for "
+                     f"{sys.executable}; install it with: pip install 'zerorun[{extra}]' (or choose "
+                     "trainer.logger=tensorboard or csv)")
     for split, path in cfg.dataset.data_files.items():
         if path and not Path(os.path.expanduser(str(path))).is_file():
             p.append(f"dataset.data_files.{split}={path!r}: no such file (relative paths are taken from "

@@ -31,7 +31,7 @@ RECORD_NAME = "submission.json"
 HISTORY_NAME = "submissions.jsonl"
 # the distributions whose versions decide what a run does
 PACKAGES = ("zerorun", "torch", "pytorch-lightning", "lightning", "deepspeed", "transformers", "tokenizers",
-            "datasets", "hydra-core", "omegaconf", "submitit", "rich")
+            "datasets", "hydra-core", "omegaconf", "submitit", "rich", "wandb", "mlflow-skinny", "mlflow")
 # A variable holds a secret by convention when a word of its name (split at anything but a letter) is one of
 # SECRET_WORDS, or ends with one of SECRET_ENDINGS (written without a separator: HFTOKEN, DBPASSWORD, APIKEY).
 # Whole words, so KEYBOARD, PATH, HOSTNAME, GIT_AUTHOR_NAME or TOKENIZERS_PARALLELISM are not secrets.

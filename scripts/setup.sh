@@ -34,6 +34,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "zerorun setup: installing Python packages into .venv (torch pinned by constraints.txt)"
   .venv/bin/python -m pip install -q --upgrade pip
   # DeepSpeed builds its ops just in time on first use (cached in TORCH_EXTENSIONS_DIR), not at install.
-  DS_BUILD_OPS=0 .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev]'
+  # The trackers' extras too, so that their tests run (about 100 MB and 15 s more; docs/trackers.md).
+  DS_BUILD_OPS=0 .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,wandb,mlflow]'
   echo "$want" > "$stamp"
 fi

@@ -103,7 +103,7 @@ def test_wrong_type_fails_at_composition(compose):
         (("cluster.nodes=0",), "at least 1 node"),
         (("trainer.max_steps=0",), "set it to at least 1"),
         (("cluster.time_min=1", "cluster.signal_delay_s=90"), "lower signal_delay_s or raise time_min"),
-        (("trainer.logger=wandb",), "choose one of: tensorboard, csv"),
+        (("trainer.logger=neptune",), "choose one of: tensorboard, csv, wandb, mlflow"),
         # values a rank used to refuse only after it had started, with a library traceback
         (("optimizer.lr=-1",), "optimizer.lr=-1.0: the learning rate must be positive, e.g. optimizer.lr=1e-3"),
         (("optimizer.lr=0",), "optimizer.lr=0.0: the learning rate must be positive"),

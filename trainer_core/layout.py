@@ -15,6 +15,8 @@ render paths into it and the verbs that read it.
       stacks/JOB-R/rank-N.txt  every rank's stacks when the watchdog found attempt R of job JOB hung
       metrics.json           the final metrics (written once, by rank 0, when the run completes)
       csv/ tensorboard/      the logger's files, one continuous run across attempts
+      wandb/ mlruns/         a tracker's local files (W&B offline or cache, MLflow's default file store)
+      tracker.json           the tracker run every attempt continues (W&B id, MLflow run id; trainer_core/trackers.py)
       eval/SPLIT-ID/         evaluations of this run (`zerorun eval`): run folders of their own, with
                              metrics.json and eval.json (what was evaluated)
 
@@ -42,6 +44,7 @@ RANK_REPORTS = "ranks"
 METRICS = "metrics.json"
 PROGRESS = "progress"
 STACKS = "stacks"
+TRACKER = "tracker.json"
 # evaluations of a run (`zerorun eval`): EVALS/SPLIT-ID/, each with EVALUATED (what it evaluated) beside METRICS
 EVALS = "eval"
 EVALUATED = "eval.json"

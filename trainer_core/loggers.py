@@ -9,6 +9,7 @@ of optimizer step k+1 is logged at step k, so an attempt resumed from the checkp
   row of the earlier attempts). ContinuedCSVLogger keeps the rows before the resumed step and appends.
 - tensorboard: a fixed version, and SummaryWriter's purge_step: TensorBoard hides the earlier attempts' events at
   or after the resumed step.
+- wandb, mlflow: one tracker run continued by id (trainer_core/trackers.py).
 """
 
 from __future__ import annotations
@@ -17,21 +18,26 @@ import csv
 import io
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 
 from trainer_core.durable import write_atomic
+from trainer_core.trackers import TRACKERS, build_tracker
 
 # the fixed logger run of every run folder: run_dir/<name>/version_0
 VERSION = 0
 
 
-def build_logger(kind: str, run_dir: os.PathLike | str, resumed_step: Optional[int]) -> Any:
-    """The logger for trainer.logger=`kind` ("csv" or "tensorboard"), continuing the run's earlier attempts.
-    `resumed_step`: the step of the checkpoint this attempt loaded (None: the run starts from step 0)."""
+def build_logger(kind: str, run_dir: os.PathLike | str, resumed_step: Optional[int],
+                 tracker: Optional[Mapping[str, Any]] = None, run_name: str = "zerorun") -> Any:
+    """The logger for trainer.logger=`kind` (csv, tensorboard, wandb, mlflow), continuing the run's earlier
+    attempts. `resumed_step`: the step of the checkpoint this attempt loaded (None: the run starts from step 0);
+    `tracker`: the trainer.tracker settings of wandb and mlflow, `run_name` the run's name."""
+    if kind in TRACKERS:
+        return build_tracker(kind, run_dir, tracker, run_name)
     if kind == "csv":
         return ContinuedCSVLogger(save_dir=str(run_dir), name="csv", version=VERSION, resumed_step=resumed_step)
     log_dir = Path(run_dir, "tensorboard", f"version_{VERSION}")

@@ -185,7 +185,7 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
         gradient_clip_val=t.gradient_clip_val,
         deterministic=t.deterministic,
         # every attempt of a run continues the same logger run (version 0), from the step it resumes at
-        logger=build_logger(t.logger, run_dir, resumed_step),
+        logger=build_logger(t.logger, run_dir, resumed_step, t.get("tracker"), str(cfg.name)),
         callbacks=[*reporting, checkpoint, stopper, RNGStates(),
                    *([ResizedResume(resumed, int(cfg.dataset.batch_size))] if resumed is not None else []),
                    *console.progress_bars(t.enable_progress_bar and rendezvous.rank == 0)],
