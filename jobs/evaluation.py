@@ -67,7 +67,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> str:
     """Apply the command line's overrides to an evaluated run's config, in place; returns the split asked for.
     `split=NAME` chooses the split, `cluster=NAME` the cluster group; the model's groups cannot change."""
     split = str(cfg.dataset.validation_split)
-    follows = {k for k, c in runs._GEOMETRY.items() if OmegaConf.select(cfg, k) == OmegaConf.select(cfg, c)}
+    follows = runs.trainer_follows_geometry(cfg)
     parsed = _parse(overrides)
     for o in parsed:  # the group first, then keys inside it
         if o.key_or_group in FREE_GROUPS and not o.is_add() and "." not in o.key_or_group:
@@ -88,8 +88,7 @@ def apply_overrides(cfg: DictConfig, overrides: Sequence[str]) -> str:
             raise EvalError(f"'{o.input_line}': no such setting of a run")
         OmegaConf.update(cfg, key, o.value(), merge=False)
         follows.discard(key)
-    for key in follows:  # the trainer's geometry follows the evaluation's cluster
-        OmegaConf.update(cfg, key, OmegaConf.select(cfg, runs._GEOMETRY[key]), merge=False)
+    runs.follow_geometry(cfg, follows)  # the trainer's geometry follows the evaluation's cluster
     return split
 
 
@@ -128,6 +127,7 @@ def eval_config(target: str, best: bool, overrides: Sequence[str]) -> DictConfig
     cfg.run_dir = str(folder / EVALS / f"{'best-' if best else ''}{split}-{run_id}")
     cfg.resume = None
     cfg.watchdog.timeout_s = None  # an evaluation reports no steps to a watchdog
+    cfg.trainer.logger = "csv"  # it logs to no tracker: the run's wandb/mlflow package is not needed for it
     cfg.eval = OmegaConf.structured(EvalConfig(of=str(folder), split=split, best=best, overrides=list(overrides)))
     if not is_sweep and runs.live_job(folder) is None and CheckpointStore(folder).latest() is None:
         raise EvalError(f"{target} has ended without a checkpoint to evaluate "

@@ -101,7 +101,7 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
 
     run_dir = os.path.abspath(resume_dir)
     cfg = load_config(run_dir)
-    followed = _trainer_follows_geometry(cfg)
+    followed = trainer_follows_geometry(cfg)
     parsed = OverridesParser.create().parse_overrides(overrides)
     for o in parsed:
         key = o.key_or_group
@@ -116,8 +116,7 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
         followed.discard(key)
     # The saved config holds the trainer's geometry resolved; where it followed the cluster's, it follows the
     # new one (a resume on another number of ranks: resume=RUN_DIR cluster.nodes=K)
-    for key in followed:
-        OmegaConf.update(cfg, key, OmegaConf.select(cfg, _GEOMETRY[key]), merge=False)
+    follow_geometry(cfg, followed)
     cfg.run_dir = run_dir
     cfg.resume = run_dir
     if cfg.cluster.get("after") is not None and not any(o.key_or_group == "cluster.after" for o in parsed):
@@ -134,8 +133,15 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
 _GEOMETRY = {"trainer.devices": "cluster.tasks_per_node", "trainer.num_nodes": "cluster.nodes"}
 
 
-def _trainer_follows_geometry(cfg: DictConfig) -> set[str]:
+def trainer_follows_geometry(cfg: DictConfig) -> set[str]:
+    """The trainer's geometry keys whose saved value is the cluster's: they follow a changed cluster."""
     return {k for k, c in _GEOMETRY.items() if OmegaConf.select(cfg, k) == OmegaConf.select(cfg, c)}
+
+
+def follow_geometry(cfg: DictConfig, keys: set[str]) -> None:
+    """Set each of `keys` (from trainer_follows_geometry) to the cluster's value again, in place."""
+    for key in keys:
+        OmegaConf.update(cfg, key, OmegaConf.select(cfg, _GEOMETRY[key]), merge=False)
 
 
 def check_resumable(cfg: DictConfig) -> None:

@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig, rendezvous: Optional[Rendezvous], source_run_dir: 
     from trainer_core.data.tokenizer import load_tokenizer, tokenizer_fingerprint
     from trainer_core.models import build_model
     from trainer_core.tasks import build_task, load_task
-    from trainer_core.train import _model_signature
+    from trainer_core.train import model_signature
 
     console.quiet()
     rendezvous = rendezvous or single_process(port=free_port())
@@ -80,7 +80,7 @@ def evaluate(cfg: DictConfig, rendezvous: Optional[Rendezvous], source_run_dir: 
     datamodule = build_datamodule(cfg, tokenizer, raw=raw, task=spec)
     task = build_task(cfg, model, tokenizer, datamodule, task=spec)
     this = CheckpointMeta(step=found.step, strategy=found.strategy, world_size=rendezvous.world_size,
-                          model=_model_signature(model), model_config=model_config(cfg),
+                          model=model_signature(model), model_config=model_config(cfg),
                           tokenizer=tokenizer_fingerprint(tokenizer))
     why = found.mismatch(this)
     if why:

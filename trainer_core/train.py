@@ -82,7 +82,7 @@ def fit(cfg: DictConfig, rendezvous: Optional[Rendezvous] = None, signals: Optio
     store = CheckpointStore(run_dir)
     micro_batch = int(cfg.dataset.batch_size)
     meta = CheckpointMeta(step=0, strategy=cfg.trainer.strategy.name, world_size=rendezvous.world_size,
-                          model=_model_signature(model), model_config=model_config(cfg),
+                          model=model_signature(model), model_config=model_config(cfg),
                           tokenizer=tokenizer_fingerprint(tokenizer), micro_batch_size=micro_batch,
                           accumulate_grad_batches=int(cfg.trainer.accumulate_grad_batches))
     resume_from = _resume_from(store, meta, required=bool(cfg.get("resume")))
@@ -221,7 +221,7 @@ def _write_rank_report(run_dir: Path, rendezvous: Rendezvous, metrics: dict[str,
     write_text_atomic(run_dir / layout.rank_report(rendezvous.rank), json.dumps(report, indent=1, sort_keys=True))
 
 
-def _model_signature(model: torch.nn.Module) -> str:
+def model_signature(model: torch.nn.Module) -> str:
     n = sum(p.numel() for p in model.parameters())
     return f"{type(model).__name__}/{n}"
 
