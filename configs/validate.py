@@ -244,6 +244,12 @@ def _cluster_problems(cfg: Any) -> list[str]:
     return p
 
 
+# every key file_problems reads: two configs equal on these have the same file problems (a sweep checks once
+# per distinct set)
+FILE_KEYS = ("task.name", "task.module", "dataset.synthetic", "dataset.data_files", "trainer.logger",
+             "cluster.container")
+
+
 def file_problems(cfg: Any) -> list[str]:
     """Problems only this machine's files show: a data file that is not there, a task with no module. Reads no
     file and imports nothing; relative paths are taken from the current folder, as the ranks take them."""

@@ -337,6 +337,18 @@ def test_a_member_that_cannot_run_is_refused_with_its_number(tmp_path):
     assert "members 1: trainer.max_steps=0" in str(e.value)
 
 
+def test_a_member_whose_data_file_is_missing_is_refused_with_its_number(tmp_path):
+    there = tmp_path / "train.jsonl"
+    there.write_text('{"text": "a"}\n')
+    runs = tmp_path / "runs"
+    with pytest.raises(expansion.SweepError) as e:
+        build(runs, f"dataset.data_files.validation={there}",
+              f"dataset.data_files.train={there},{tmp_path / 'gone.jsonl'}")
+    assert len(e.value.problems) == 1 and e.value.problems[0].startswith("members 1: dataset.data_files.train="), \
+        e.value.problems
+    assert "no such file" in e.value.problems[0] and not runs.exists()
+
+
 def test_zero_parallelism_and_too_many_members_are_refused_before_anything_is_written(tmp_path):
     runs = tmp_path / "runs"
     built = build(runs, *CPU_SLURM, "seed=1,2", "sweep.parallelism=0")

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cluster import adapters
 from configs.keys import composition_error, missing_key
-from configs.validate import config_problems, container_image_problems
+from configs.validate import FILE_KEYS, config_problems, file_problems
 from jobs.sweeps.expansion import SweepError, Value, parse
 
 
@@ -111,6 +111,7 @@ def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequen
     members: list[MemberSpec] = []
     plan_configs: dict[tuple, dict] = {}
     bad: dict[str, list[int]] = {}
+    files_checked: dict[str, list[str]] = {}
     for i, lines in enumerate(job_overrides):
         num = initial_job_idx + i
         mine = swept.values(lines)
@@ -126,7 +127,13 @@ def build(config: DictConfig, config_loader: Any, job_overrides: Sequence[Sequen
         member["run_dir"] = run_dir
         member["run_id"] = f"sweep-{sid}-{num}"
         member["dry_run"] = False
-        for p in config_problems(ConfigView(member)) + container_image_problems(ConfigView(member)):
+        view = ConfigView(member)
+        # the files and modules a member names (data files, task module, tracker package, container image):
+        # checked once per distinct set of them, so a 10,000-member grid over the learning rate looks once
+        files_key = repr([_lookup(member, k) for k in FILE_KEYS])
+        if files_key not in files_checked:
+            files_checked[files_key] = file_problems(view)
+        for p in config_problems(view) + files_checked[files_key]:
             bad.setdefault(p, []).append(num)
         plan_configs.setdefault((combo_key, member["trainer"]["strategy"]["name"]), member)
         members.append(MemberSpec(num, run_dir, tuple(v.line for v in mine),
