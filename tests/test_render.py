@@ -209,17 +209,13 @@ def test_rank_table_follows_the_rendezvous_contract(compose):
     assert len(text.splitlines()) == 9
 
 
-def test_big_job_renders_script_and_table_within_a_second(compose):
-    import time
-
+def test_big_job_renders_script_and_table(compose):
+    # its time is measured by bench/bench_submit.py (dry run 512x8), not asserted here
     plan = dataclasses.replace(plan_of(compose, *GOLDEN_PLANS["deepspeed_2x4"]), nodes=512, tasks_per_node=8,
                                gpus_per_node=8)
-    start = time.perf_counter()
     script = render.sbatch_script(plan, CTX)
     text = render.table_text(get_backend("slurm").rank_table(plan))
-    elapsed = time.perf_counter() - start
     assert "#SBATCH --nodes=512" in script and len(text.splitlines()) == 4097
-    assert elapsed <= 1.0, f"512x8 rendered in {elapsed:.2f} s"
 
 
 def test_setup_file_lines_join_the_plan(compose, tmp_path):

@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -113,8 +112,8 @@ def test_the_same_command_gives_the_same_sweep_id_and_another_grid_another(tmp_p
     assert d.sweep_id == "again" and d.sweep_dir.endswith("/sweep-again")
 
 
-def test_10000_members_split_into_arrays_under_max_array_size_within_5s(tmp_path):
-    t0 = time.perf_counter()
+def test_10000_members_split_into_arrays_under_max_array_size(tmp_path):
+    # how long it takes is measured by bench/bench_sweep.py, not asserted here (a loaded machine is not slow code)
     built = build(tmp_path, *CPU_SLURM, "seed=range(0,10000)")
     base = make_plan(members.ConfigView(built.plan_configs[0]))
     plan = sweep_plan.plan_sweep(base, [m.num for m in built.members], sweep_id=built.sweep_id,
@@ -122,8 +121,6 @@ def test_10000_members_split_into_arrays_under_max_array_size_within_5s(tmp_path
                                  parallelism=50, limits=LIMITS)
     scripts = [render.sbatch_script(a.plan, render.RenderContext("T", ("zerorun",)), a.array, script=a.script)
                for a in plan.arrays]
-    elapsed = time.perf_counter() - t0
-    assert elapsed <= 5.0, f"planning 10,000 members took {elapsed:.1f} s"
     assert [len(a.members) for a in plan.arrays] == [1001] * 9 + [991]
     assert [m for a in plan.arrays for m in a.members] == list(range(10000)), "every member once, in order"
     # sweep.parallelism=50 is the whole sweep's: ten arrays side by side, 5 members each at once
@@ -449,17 +446,14 @@ def test_a_percent_in_the_sweep_folder_is_refused_before_anything_is_written(tmp
     assert not (Path(built.sweep_dir) / dryrun.DRY_RUN_DIR).exists()
 
 
-def test_a_1000_member_dry_run_through_the_cli_takes_under_2s(tmp_path):
+def test_a_1000_member_dry_run_through_the_cli_asks_no_cluster_and_abbreviates(tmp_path):
     env = {**os.environ, "PATH": os.path.dirname(sys.executable) + ":/bin"}  # no Slurm commands: nothing asked
-    t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "jobs.cli", "-m", *CPU_SLURM, f"cluster.runs_dir={tmp_path}",
                            "seed=range(0,100)", "optimizer.lr=1e-4,2e-4,3e-4,4e-4,5e-4,6e-4,7e-4,8e-4,9e-4,1e-3",
                            "dry_run=true"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
-    elapsed = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr
     assert "zerorun dry run: nothing is submitted. 1000 members" in proc.stdout
     assert "(980 more members; all in" in proc.stdout
-    assert elapsed <= 2.0, f"a 1000-member dry run took {elapsed:.2f} s"
 
 
 # ---- record and index ----------------------------------------------------------------------------------------
