@@ -17,7 +17,11 @@ Measured 2026-11-29 (2 shared CPU cores, deepspeed_offload, T5 with 2+2 layers, 
   d_model  checkpoint  convert  peak RSS (beyond imports)  universal  resume->1st step: same size / 2->1
   64       4.1 MB      0.42 s   252 MB (+9 MB)             7.4 MB     22.2 s / 22.3 s
   512      228 MB      3.99 s   393 MB (+149 MB)           400 MB     35.7 s / 18.9 s
-The conversion's peak beyond its imports was about two thirds of the checkpoint's size. Time to the first step
+Again 2026-11-30 (same machine, load average about 6):
+  64       4.1 MB      0.70 s   363 MB (+9 MB)             7.4 MB     32.9 s / 27.0 s
+  512      228 MB      3.02 s   532 MB (+177 MB)           400 MB     17.6 s / 21.2 s
+The conversion's peak beyond its imports was two thirds to three quarters of the checkpoint's size (the whole
+peak also counts the imports, which vary between runs). Time to the first step
 is mostly start-up (interpreter, imports, data, model) on a machine shared with other work: the two-rank resume
 starts two processes on two cores; the conversion's seconds are within that noise.
 
