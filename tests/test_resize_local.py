@@ -127,7 +127,8 @@ def run(tmp: Path, name: str, *overrides: str, stop: int = 0, status: int = 0, m
     env = {"PYTHONPATH": str(inject), RECORD_ENV: str(record)}
     if stop:
         env[STOP_AT_ENV] = str(stop)
-    train(f"cluster.runs_dir={tmp / name}", *COMMON, f"trainer.max_steps={max_steps}", *overrides, env=env, status=status)
+    train(f"cluster.runs_dir={tmp / name}", *COMMON, f"trainer.max_steps={max_steps}", *overrides, env=env,
+          status=status)
     return run_dir_of(tmp / name), record
 
 
@@ -197,7 +198,8 @@ def check_resize(tmp_path: Path, trainer: str, before: tuple[str, ...], after: t
         assert re.search(rf"^{number}\s+\S+\s+{world}\s+{re.escape(batch)}\s", table, re.M), table
 
     ref, done, rest = steps(ref_record), steps(first), steps(second)
-    assert sorted(done) == list(range(stop)) and sorted(rest) == list(range(stop, max_steps)), (sorted(done), sorted(rest))
+    assert sorted(done) == list(range(stop)) and sorted(rest) == list(range(stop, max_steps)), \
+        (sorted(done), sorted(rest))
     assert {w for s in rest.values() for w in s["world"]} == {worlds[1]}
     # every step after the change trains on the rows of the uninterrupted run's step (the global batch is kept)
     for step in range(max_steps):
