@@ -40,6 +40,7 @@ ARRAY_RANK_LOG_PATTERN = layout.ARRAY_RANK_LOG_PATTERN
 # sbatch flags zerorun sets from cluster.* keys: cluster.sbatch_extra may not set them behind its back.
 OWNED_SBATCH_KEYS = {
     "job_name": "name", "nodes": "cluster.nodes", "ntasks_per_node": "cluster.tasks_per_node",
+    "mincpus": "cluster.tasks_per_node and cluster.cpus_per_task",
     "ntasks": "cluster.nodes and cluster.tasks_per_node", "gpus_per_node": "cluster.gpus_per_node",
     "cpus_per_task": "cluster.cpus_per_task", "mem": "cluster.mem", "time": "cluster.time_min",
     "partition": "cluster.partition", "account": "cluster.account", "qos": "cluster.qos",
@@ -100,8 +101,10 @@ def srun_argv(plan: JobPlan, array: Optional[ArraySpec] = None) -> list[str]:
     """srun inside the allocation: every rank, one log per rank, and one failing rank ends them all."""
     pattern = ARRAY_RANK_LOG_PATTERN if array else RANK_LOG_PATTERN
     rank_logs = quoting.filename_pattern(f"{plan.run_dir}/{LOG_DIR}/") + pattern
+    # a node range's tasks are laid out here, on the nodes granted (see sbatch_parameters)
+    per_node = [f"--ntasks-per-node={plan.tasks_per_node}"] if plan.min_nodes is not None else []
     return ["srun", "--unbuffered", "--kill-on-bad-exit=1", "--open-mode=append", f"--output={rank_logs}",
-            *container_srun_flags(plan), *plan.srun_args, *rank_command(plan)]
+            *per_node, *container_srun_flags(plan), *plan.srun_args, *rank_command(plan)]
 
 
 GRES_STYLES = ("gpus_per_node", "gres")
@@ -144,8 +147,14 @@ def sbatch_parameters(plan: JobPlan) -> tuple[dict[str, Any], dict[str, Any]]:
         "export": quoting.directive("export", ",".join(plan.exports) or "NONE"),
     }
     if plan.min_nodes is not None:
-        # start on what is free: Slurm grants any count in the range (replaces submitit's --nodes)
+        # Start on what is free: Slurm grants the most nodes of the range it can without delaying the start
+        # (replaces submitit's --nodes). Not with --ntasks-per-node: slurmctld then fixes the job's task count at
+        # MIN x tasks_per_node when the job is created, and the node selection never gives a job more nodes
+        # than tasks, so the job (and every requeue of it) would get MIN nodes even with all of them idle. The
+        # CPUs per node are asked with --mincpus instead, and srun lays out tasks_per_node ranks per node granted.
         additional["nodes"] = quoting.directive("nodes", f"{plan.min_nodes}-{plan.nodes}")
+        del checked["ntasks_per_node"]
+        additional["mincpus"] = quoting.directive("mincpus", plan.tasks_per_node * plan.cpus_per_task)
     # cluster.requeue=false: Slurm itself must not requeue the job either (on a node failure, say)
     additional["requeue" if plan.requeue else "no_requeue"] = True
     if plan.dependency is not None:

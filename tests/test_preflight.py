@@ -66,7 +66,17 @@ def test_min_nodes_renders_a_range_and_the_rank_contract_follows_the_allocation(
 
     plan = plan_of(compose, "cluster.nodes=2", "cluster.min_nodes=1", "cluster.partition=debug")
     script = render.sbatch_script(plan, render.RenderContext("T", ("zerorun",)))
-    assert "#SBATCH --nodes=1-2" in script.splitlines() and "#SBATCH --nodes=2" not in script.splitlines()
+    lines = script.splitlines()
+    assert "#SBATCH --nodes=1-2" in lines and "#SBATCH --nodes=2" not in lines
+    # no task count in the allocation (Slurm would pin it, and with it the node count, at the range's minimum):
+    # the CPUs per node are asked as such, and srun places the ranks on the nodes granted
+    assert not any(x.startswith("#SBATCH --ntasks") for x in lines) and "#SBATCH --mincpus=1" in lines
+    (srun,) = [x for x in lines if x.startswith("srun ")]
+    assert " --ntasks-per-node=1 " in srun, srun
+    wide = render.sbatch_script(plan_of(compose, "cluster.nodes=4", "cluster.min_nodes=2", "cluster.tasks_per_node=2",
+                                        "cluster.cpus_per_task=3", "cluster.partition=debug"),
+                                render.RenderContext("T", ("zerorun",)))
+    assert "#SBATCH --mincpus=6" in wide.splitlines() and " --ntasks-per-node=2 " in wide
     env = {"SLURM_NTASKS": "1", "SLURM_JOB_NUM_NODES": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
            "SLURM_NODEID": "0", "SLURM_JOB_NODELIST": "n1", "SLURM_JOB_ID": "7"}
     granted = derive(env, nodes=2, tasks_per_node=1, min_nodes=1)

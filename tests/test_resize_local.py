@@ -30,7 +30,7 @@ ROWS = 384
 STEPS = 10
 STOP = 3
 COMMON = (
-    f"trainer.max_steps={STEPS}", "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
+    "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
     "trainer.logger=csv", "trainer.enable_progress_bar=false", f"dataset.synthetic_train_size={ROWS}",
     "dataset.max_val_samples=8", "dataset.batch_size=32", "seed=7",
 )
@@ -40,7 +40,8 @@ RECORD_ENV = "ZR_TEST_RECORD"
 # (rows r, r+W, ... on W ranks, or consecutive halves when one rank accumulates two batches), so the weighting
 # of the batches' tokens and the float summation order, and with ZeRO where the gradients are reduced and
 # clipped. Measured here (fp32, the 7 steps after the change), the per-step mean loss moved by at most, relative:
-# ddp 1.3e-4 (2->1 and 1->2), deepspeed and deepspeed_offload 2.5e-3 (1->2) and 2.7e-3 (2->1).
+# ddp 1.3e-4 (2->1 and 1->2), deepspeed and deepspeed_offload 2.5e-3 (1->2) and 2.7e-3 (2->1); 2->4 (the 2 steps
+# after the change): ddp 2.1e-4, deepspeed and deepspeed_offload 1.1e-3.
 # 1e-2 is about 4x the largest; a repeated or skipped sample cannot hide in it, since the rows are compared.
 LOSS_RTOL = 1e-2
 
@@ -118,14 +119,16 @@ def steps(record: Path) -> dict[int, dict]:
     return out
 
 
-def run(tmp: Path, name: str, *overrides: str, stop: int = 0, status: int = 0) -> tuple[Path, Path]:
+def run(tmp: Path, name: str, *overrides: str, stop: int = 0, status: int = 0, max_steps: int = STEPS
+        ) -> tuple[Path, Path]:
     inject = instrument(tmp / "inject")
     record = tmp / f"record-{name}"
     record.mkdir()
     env = {"PYTHONPATH": str(inject), RECORD_ENV: str(record)}
     if stop:
         env[STOP_AT_ENV] = str(stop)
-    train(f"cluster.runs_dir={tmp / name}", *COMMON, *overrides, env=env, status=status)
+    train(f"cluster.runs_dir={tmp / name}", *COMMON, f"trainer.max_steps={max_steps}", *overrides, env=env,
+          status=status)
     return run_dir_of(tmp / name), record
 
 
@@ -155,10 +158,28 @@ def resume(tmp: Path, run_dir: Path, name: str, *overrides: str) -> Path:
         "ddp-workers-same-size", "ddp-workers-2to1"])
 def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_optimization(tmp_path, trainer, before,
                                                                                   after):
-    ref_dir, ref_record = run(tmp_path, "reference", f"trainer={trainer}", *before)
+    check_resize(tmp_path, trainer, before, after, worlds=[int(b.split("=")[1]) for b in (before[0], after[0])],
+                 global_batch=64, max_steps=STEPS, stop=STOP)
+
+
+# 2 -> 4 ranks: a global batch of 128 (2 ranks x 32 rows x 2 accumulated, then 4 ranks x 32), 3 steps an epoch;
+# the stop at step 4 falls inside epoch 1, whose rows are then trained on by both world sizes.
+@pytest.mark.slow
+@pytest.mark.parametrize("trainer", ["ddp", pytest.param("deepspeed", marks=pytest.mark.deepspeed),
+                                     pytest.param("deepspeed_offload", marks=pytest.mark.deepspeed)])
+def test_a_run_resumed_on_twice_the_ranks_continues_the_same_optimization(tmp_path, trainer):
+    check_resize(tmp_path, trainer, ("cluster.tasks_per_node=2", "trainer.accumulate_grad_batches=2"),
+                 ("cluster.tasks_per_node=4",), worlds=[2, 4], global_batch=128, max_steps=6, stop=4)
+
+
+def check_resize(tmp_path: Path, trainer: str, before: tuple[str, ...], after: tuple[str, ...], *, worlds: list[int],
+                 global_batch: int, max_steps: int, stop: int) -> None:
+    """Run uninterrupted, run stopped by the job's signal at `stop` on worlds[0] ranks, resume on worlds[1]
+    ranks, and compare (see the module doc)."""
+    ref_dir, ref_record = run(tmp_path, "reference", f"trainer={trainer}", *before, max_steps=max_steps)
     run_dir, first = run(tmp_path, "stopped", f"trainer={trainer}", *before, "trainer.checkpoint.save_at_end=false",
-                         stop=STOP, status=EXIT_RESUMABLE)
-    step_dir = run_dir / "checkpoints" / f"step-{STOP:08d}"
+                         stop=stop, status=EXIT_RESUMABLE, max_steps=max_steps)
+    step_dir = run_dir / "checkpoints" / f"step-{stop:08d}"
     written = {p: p.read_bytes() for p in sorted((step_dir / "ckpt").rglob("*")) if p.is_file()}
     second = resume(tmp_path, run_dir, "resumed", *after)
     # the checkpoint as written is never modified; ZeRO shards are re-partitioned once, into a folder beside it
@@ -166,34 +187,41 @@ def test_a_run_resumed_on_another_number_of_ranks_continues_the_same_optimizatio
     assert (step_dir / "universal").is_dir() == trainer.startswith("deepspeed")
 
     starts = [e for e in attempts.read(run_dir) if e["event"] == "start"]
-    worlds = [int(b.split("=")[1]) for b in (before[0], after[0])]
     assert [e["world_size"] for e in starts] == worlds
-    assert starts[1]["global_batch"] == 64 and starts[1]["resumed_from_step"] == STOP
+    assert [e["global_batch"] for e in starts] == [global_batch] * 2 and starts[1]["resumed_from_step"] == stop
     assert [a.world_size for a in attempts.attempts(attempts.read(run_dir))] == worlds
-    # zerorun status RUN_DIR: each attempt's ranks and global batch (a one-rank attempt accumulates 2 batches)
+    # zerorun status RUN_DIR: each attempt's ranks and global batch (fewer ranks accumulate more batches)
     table = train("status", str(run_dir))
     for number, world in enumerate(worlds, 1):
-        batch = "64 (2 accumulated)" if world == 1 else "64"
+        accumulated = global_batch // (32 * world)
+        batch = f"{global_batch} ({accumulated} accumulated)" if accumulated > 1 else f"{global_batch}"
         assert re.search(rf"^{number}\s+\S+\s+{world}\s+{re.escape(batch)}\s", table, re.M), table
 
     ref, done, rest = steps(ref_record), steps(first), steps(second)
-    assert sorted(done) == list(range(STOP)) and sorted(rest) == list(range(STOP, STEPS)), (sorted(done), sorted(rest))
+    assert sorted(done) == list(range(stop)) and sorted(rest) == list(range(stop, max_steps)), \
+        (sorted(done), sorted(rest))
     assert {w for s in rest.values() for w in s["world"]} == {worlds[1]}
     # every step after the change trains on the rows of the uninterrupted run's step (the global batch is kept)
-    for step in range(STEPS):
+    for step in range(max_steps):
         assert ({**done, **rest})[step]["rows"] == ref[step]["rows"], f"step {step} trained on other rows"
-    # and so the epoch: each of its rows once
-    epoch0 = sum((s["rows"] for s in (*done.values(), *rest.values()) if s["epoch"] == 0), collections.Counter())
-    assert sum(epoch0.values()) == ROWS and epoch0 == sum((s["rows"] for s in ref.values() if s["epoch"] == 0),
-                                                         collections.Counter())
+    # and so every whole epoch, the one the change falls in included: each of its rows once
+    both, whole = {**done, **rest}, []
+    for epoch in sorted({s["epoch"] for s in ref.values()}):
+        want = sum((s["rows"] for s in ref.values() if s["epoch"] == epoch), collections.Counter())
+        if sum(want.values()) < ROWS:
+            continue  # the run ends inside this epoch
+        got = sum((s["rows"] for s in both.values() if s["epoch"] == epoch), collections.Counter())
+        assert got == want and set(got.values()) == {1} and len(got) == ROWS, f"epoch {epoch}"
+        whole.append(epoch)
+    assert both[stop - 1]["epoch"] == both[stop]["epoch"] in whole, "the change does not fall inside a whole epoch"
     # the state as loaded on the new ranks is the checkpoint's, bit for bit
-    saved = [json.loads((first / f"saved-{STOP}-rank{r}.json").read_text()) for r in range(worlds[0])]
-    loaded = [json.loads((second / f"loaded-{STOP}-rank{r}.json").read_text()) for r in range(worlds[1])]
+    saved = [json.loads((first / f"saved-{stop}-rank{r}.json").read_text()) for r in range(worlds[0])]
+    loaded = [json.loads((second / f"loaded-{stop}-rank{r}.json").read_text()) for r in range(worlds[1])]
     assert all(d == saved[0] for d in saved + loaded), "the state after the load differs from the one saved"
     # the loss curve continues the uninterrupted one (on the same number of ranks: exactly)
-    for step in range(STEPS):
+    for step in range(max_steps):
         a, b = ({**done, **rest})[step]["loss"], ref[step]["loss"]
-        if step < STOP or worlds[0] == worlds[1]:
+        if step < stop or worlds[0] == worlds[1]:
             assert a == b, (step, a, b)
         else:
             assert abs(a - b) <= LOSS_RTOL * abs(b), (step, a, b)
