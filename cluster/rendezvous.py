@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Mapping, Optional
 
-from trainer_core.contract import Rendezvous, single_process  # noqa: F401  (the contract this derives)
+from trainer_core.contract import PORT_BASE, PORT_SPAN, Rendezvous, single_process  # noqa: F401  (the contract this derives)
 
 # fact -> the Slurm variable that carries it
 SLURM_ENV: Mapping[str, str] = {
@@ -32,10 +32,8 @@ SLURM_ENV: Mapping[str, str] = {
 # Set by the submitter (or the user) to pin the rendezvous port instead of deriving it from the job id.
 PORT_OVERRIDE_ENV = "ZERORUN_MASTER_PORT"
 
-# Ports derived from the job id fall in [PORT_BASE, PORT_BASE + PORT_SPAN): above the registered services most
-# clusters run, below Linux's ephemeral range (32768+), so an outgoing connection never holds the port.
-PORT_BASE = 20000
-PORT_SPAN = 12000
+# Ports derived from the job id fall in the rank contract's rendezvous range (PORT_BASE, PORT_SPAN): below
+# Linux's ephemeral range, so an outgoing connection never holds the port.
 
 
 class RendezvousError(ValueError):

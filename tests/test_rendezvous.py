@@ -119,3 +119,17 @@ def test_restart_count():
     assert restart_count({}) == 0
     assert restart_count({"SLURM_RESTART_COUNT": "2"}) == 2
     assert restart_count({"SLURM_RESTART_COUNT": "junk"}) == 0
+
+
+def test_a_local_rendezvous_port_is_free_and_outside_the_ephemeral_range():
+    """The local backend's port is chosen seconds before the master binds it: from the ephemeral range, an
+    outgoing connection could take it first (a rank failed with EADDRINUSE that way on a busy machine)."""
+    import socket
+
+    from trainer_core.contract import free_port
+
+    ports = {free_port() for _ in range(20)}
+    assert all(PORT_BASE <= p < PORT_BASE + PORT_SPAN for p in ports), ports
+    for p in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", p))

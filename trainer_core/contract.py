@@ -9,13 +9,14 @@ variables or calls a scheduler's command.
 
 When asked to stop (the stop signal, SIGTERM, SIGINT), every rank checkpoints at the same optimizer-step boundary
 and exits with EXIT_RESUMABLE. Whether the job then goes back into the queue is decided on the batch host
-(jobs/after_step.py), outside the ranks and outside any container.
+(jobs/host.py), outside the ranks and outside any container.
 
 No torch; nothing here touches a process or a file, and `free_port` is its one look at the network.
 """
 
 from __future__ import annotations
 
+import random
 import socket
 from dataclasses import dataclass
 from typing import Mapping
@@ -90,9 +91,26 @@ def single_process(port: int, job_id: str = "0", node: str = "localhost") -> Ren
     return Rendezvous("127.0.0.1", port, 1, 0, 0, 0, 1, 1, job_id, 0, node)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
+# Rendezvous ports fall in [PORT_BASE, PORT_BASE + PORT_SPAN): above the registered services most clusters run,
+# below Linux's ephemeral range (32768+), so an outgoing connection (another job's, a test's) never takes the port
+# between its choice and the master's bind.
+PORT_BASE = 20000
+PORT_SPAN = 12000
+
+
+def free_port(host: str = "127.0.0.1", tries: int = 64) -> int:
     """A TCP port free on this machine now, for a rendezvous that runs here (the local backend, a run inside the
-    launching process)."""
+    launching process): drawn from the rendezvous range, which outgoing connections do not use (a port from the
+    ephemeral range could be taken by one before the master binds it); the system's choice when none is free."""
+    draw = random.Random()
+    for _ in range(tries):
+        port = PORT_BASE + draw.randrange(PORT_SPAN)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
