@@ -184,8 +184,13 @@ def watchdog_start(plan: JobPlan) -> list[str]:
     """Before srun: the hang watchdog (jobs/watchdog.py) in the background on the batch host, outside the ranks."""
     if not plan.watchdog:
         return []
+    return [f"{quoting.join(watchdog_argv(plan))} &", f"{WATCHDOG_PID_VAR}=$!"]
+
+
+def watchdog_argv(plan: JobPlan) -> list[str]:
+    """The hang watchdog's command (the rank entry's arguments): the job script's and the local launcher's."""
     python, args = _entry_args(plan)
-    return [f"{quoting.join([python, '-u', '-m', WATCHDOG_ENTRY, *args])} &", f"{WATCHDOG_PID_VAR}=$!"]
+    return [python, "-u", "-m", WATCHDOG_ENTRY, *args]
 
 
 def host_step(plan: JobPlan) -> list[str]:

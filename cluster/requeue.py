@@ -44,6 +44,24 @@ class JobClock:
     preempt_time: Optional[float]
 
 
+# Signals that end a rank for a reason that may belong to its node: SIGKILL (the kernel's OOM killer, a node's
+# watchdog, a kill -9), SIGSEGV and SIGBUS (bad memory, a failing device or file system under a mapped file).
+# A rank that dies of one marks its node as suspect: the requeue leaves it out while requeue.max_excluded_nodes
+# allows. Keyed by the words srun (strsignal) reports them with; "Out Of Memory" is srun's for a cgroup OOM kill.
+NODE_SIGNALS: Mapping[str, str] = {"killed": "SIGKILL", "segmentation fault": "SIGSEGV", "bus error": "SIGBUS",
+                                   "out of memory": "SIGKILL (out of memory)"}
+
+
+def node_signal(how: str) -> Optional[str]:
+    """The signal behind a launcher's report of a dead rank ("Killed", "Segmentation fault (core dumped)",
+    "Bus error"), when it is one that may belong to the node; None for an exit code or any other signal."""
+    said = how.strip().lower()
+    for words, name in NODE_SIGNALS.items():
+        if said.startswith(words):
+            return name
+    return None
+
+
 def signal_name(name: str) -> str:
     """USR2, SIGUSR2, usr2 -> USR2 (how the ranks record a signal)."""
     return name.upper().removeprefix("SIG")

@@ -302,7 +302,7 @@ class WatchdogConfig:
     # seconds without progress in training or validation (no optimizer step, no phase change on some rank) after
     # which the attempt counts as hung: every rank's stack is captured, the attempt ends and is requeued.
     # null: no watchdog
-    timeout_s: Optional[int] = 600
+    timeout_s: Optional[float] = 600
     # the same while ranks start up (imports, data, model, process group) and run their first step
     startup_timeout_s: int = 1200
     # the same during a checkpoint save

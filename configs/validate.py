@@ -350,13 +350,13 @@ def _watchdog_problems(cfg) -> list[str]:
     timeouts = {"timeout_s": w.timeout_s, "startup_timeout_s": w.startup_timeout_s,
                 "checkpoint_timeout_s": w.checkpoint_timeout_s}
     for key, value in timeouts.items():
-        if value is None or int(value) <= 0:
-            p.append(f"watchdog.{key}={value}: a number of seconds above 0 (or watchdog.timeout_s=null for no watchdog)")
+        if value is None or float(value) <= 0:
+            p.append(f"watchdog.{key}={'null' if value is None else format(float(value), 'g')}: a number of seconds above 0 (or watchdog.timeout_s=null for no watchdog)")
     collective = int(cfg.trainer.collective_timeout_s)
-    longest = max(int(v) for v in timeouts.values() if v is not None)
+    longest = max(float(v) for v in timeouts.values() if v is not None)
     if not p and collective <= longest:
         p.append(f"trainer.collective_timeout_s({collective}) must be above the watchdog's longest timeout "
-                 f"({longest}: {', '.join(f'watchdog.{k}={v}' for k, v in timeouts.items())}), or a waiting rank's "
+                 f"({longest:g}: {', '.join(f'watchdog.{k}={v}' for k, v in timeouts.items())}), or a waiting rank's "
                  "collective fails the job before the hang is recorded; raise it or lower the watchdog's")
     if w.test_only_hang_in not in HANG_PHASES:
         p.append(f"watchdog.test_only_hang_in={w.test_only_hang_in!r}: one of {', '.join(HANG_PHASES)}")

@@ -10,6 +10,10 @@ what the local backend runs in the launching process: read how the ranks ended, 
   earlier attempt hung at the same step (the run ends instead of looping).
 - A rank's node failed its health check (trainer_core/health.py, a bad_node event): requeued with that node
   excluded (the job's excluded-node list, with the run's earlier ones), up to requeue.max_excluded_nodes.
+- A rank died of a signal that may belong to its node (SIGKILL, SIGSEGV, SIGBUS: cluster.requeue.NODE_SIGNALS,
+  read from the launcher's report): its node is recorded as a bad node (the rank and the signal are the reason)
+  and the job requeued without it, the same way and within the same limit; when no node can be spared the job
+  fails, naming the rank, its node and the signal.
 - Anything else: the job failed. So does a job in which not every rank started (a launch failure that the
   launcher itself did not report): the script exits non-zero and the scheduler records the job as failed.
 
@@ -24,6 +28,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 from cluster import requeue
 from cluster.backends import Backend, get_backend
+from cluster.rendezvous import SLURM_ENV
 from trainer_core import attempts
 from trainer_core.contract import EXIT_BAD_NODE, EXIT_RESUMABLE
 
@@ -33,6 +38,8 @@ class After:
     exit_code: int
     # what the job's log and the record say about it ("" when the run simply completed)
     message: str
+    # the job goes back into the queue (a foreground launcher starts its ranks again)
+    requeued: bool = False
 
 
 def started_ranks(events: list[dict], job_id: str, restart_count: int) -> set[int]:
@@ -65,9 +72,8 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
     if ranks_status == 0:
         return After(0, "")
     if ranks_status != EXIT_RESUMABLE:
-        why = f"a rank failed (exit status {ranks_status}); `zerorun status {run_dir}` names it"
-        attempts.append(run_dir, "failed", job_id=job_id, exit_code=ranks_status, reason=why)
-        return After(ranks_status, why)
+        return after_dead_rank(run_dir, ranks_status, events, backend=backend, environ=environ,
+                               requeue_enabled=requeue_enabled, max_excluded_nodes=max_excluded_nodes)
 
     current = attempts.current(events)
     stop = current.stop if current else None
@@ -99,6 +105,30 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
     return After(code, f"stopped at step {step} ({cause}): {reason}")
 
 
+def after_dead_rank(run_dir: str, ranks_status: int, events: list[dict], *, backend: Backend,
+                    environ: Mapping[str, str], requeue_enabled: bool,
+                    max_excluded_nodes: Union[int, Callable[[], int]]) -> After:
+    """A rank failed. The launcher's report names the one that failed first; a signal that may belong to its
+    node (requeue.node_signal) makes the node a bad node, and the job is requeued without it when it can be."""
+    job_id, restart = backend.job_identity(environ)
+    failures = backend.rank_failures(environ, run_dir)
+    first = failures[0] if failures else None
+    signal_name = requeue.node_signal(first.how) if first else None
+    if first is not None and signal_name is not None:
+        reason = f"rank {first.rank} was killed by {signal_name} ({first.how})"
+        attempts.append(run_dir, "bad_node", node=first.host, rank=first.rank, job_id=job_id, restart_count=restart,
+                        reason=reason, signal=signal_name, cause="signal")
+        return after_bad_nodes(run_dir, {first.host: reason}, events, backend=backend, environ=environ,
+                               requeue_enabled=requeue_enabled, max_excluded_nodes=max_excluded_nodes,
+                               exit_code=ranks_status, what=f"rank {first.rank} on {first.host} died of {signal_name}",
+                               facts={"rank": first.rank, "node": first.host, "how": f"{first.how} ({signal_name})"})
+    named = f"rank {first.rank} on {first.host}: {first.how}" if first else f"exit status {ranks_status}"
+    why = f"a rank failed ({named}); `zerorun status {run_dir}` shows its log"
+    attempts.append(run_dir, "failed", job_id=job_id, exit_code=ranks_status, reason=why,
+                    **({"rank": first.rank, "node": first.host, "how": first.how} if first else {}))
+    return After(ranks_status, why)
+
+
 def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend, environ: Mapping[str, str],
                requeue_enabled: bool, max_excluded_nodes: Union[int, Callable[[], int]] = 0) -> After:
     """The watchdog found this attempt hung and ended its ranks: requeue it (it resumes from the run's latest
@@ -112,8 +142,6 @@ def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend
     why = ""
     if again:
         why = f"it hung at step {step} before (job {again[0].get('job_id')}): not requeued to hang again"
-    elif backend.no_requeue:
-        why = backend.no_requeue
     elif not requeue_enabled:
         why = "requeues are off (cluster.requeue=false or watchdog.requeue=false)"
     if not why:
@@ -128,7 +156,7 @@ def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend
             left_out = f", without {', '.join(exclude)}" if exclude else ""
             attempts.append(run_dir, "requeue", cause="hang", requeued=True, step=step, exit_code=0, excluded=exclude,
                             reason=f"{what}; resumes from the run's latest checkpoint{left_out}")
-            return After(0, f"{what}; requeued{left_out}")
+            return After(0, f"{what}; requeued{left_out}", requeued=True)
         why = said
     attempts.append(run_dir, "failed", job_id=str(hang.get("job_id")), exit_code=1, reason=f"{what}; {why}")
     return After(1, f"{what}; {why}")
@@ -136,13 +164,15 @@ def after_hang(run_dir: str, hang: dict, events: list[dict], *, backend: Backend
 
 def after_bad_nodes(run_dir: str, bad: dict[str, str], events: list[dict], *, backend: Backend,
                     environ: Mapping[str, str], requeue_enabled: bool,
-                    max_excluded_nodes: Union[int, Callable[[], int]]) -> After:
-    """Ranks found their node unfit (trainer_core/health.py): requeue the job without those nodes and the ones
-    excluded before, while the run stays within requeue.max_excluded_nodes."""
+                    max_excluded_nodes: Union[int, Callable[[], int]], exit_code: int = EXIT_BAD_NODE,
+                    what: str = "", facts: Optional[dict] = None) -> After:
+    """Ranks found their node unfit (trainer_core/health.py), or a rank died of a signal that may belong to its
+    node: requeue the job without those nodes and the ones excluded before, while the run stays within
+    requeue.max_excluded_nodes. Not requeued, the job ends with `exit_code`."""
     job_id = backend.job_identity(environ)[0]
     before = attempts.excluded_nodes(events)
     exclude = sorted(set(before) | set(bad))
-    what = "; ".join(f"node {n} failed its health check: {why}" for n, why in sorted(bad.items()))
+    what = what or "; ".join(f"node {n} failed its health check: {why}" for n, why in sorted(bad.items()))
     if callable(max_excluded_nodes):
         max_excluded_nodes = max_excluded_nodes()
     if len(exclude) > max_excluded_nodes:
@@ -157,10 +187,36 @@ def after_bad_nodes(run_dir: str, bad: dict[str, str], events: list[dict], *, ba
         if ok:
             attempts.append(run_dir, "requeue", cause="bad_node", requeued=True, exit_code=0, excluded=exclude,
                             bad_nodes=bad, reason=f"{what}; requeued without {', '.join(exclude)} ({said})")
-            return After(0, f"{what}; requeued without {', '.join(exclude)}")
+            return After(0, f"{what}; requeued without {', '.join(exclude)}", requeued=True)
         why = said
-    attempts.append(run_dir, "failed", job_id=job_id, exit_code=EXIT_BAD_NODE, reason=f"{what}; {why}")
-    return After(EXIT_BAD_NODE, f"{what}; {why}")
+    attempts.append(run_dir, "failed", job_id=job_id, exit_code=exit_code, reason=f"{what}; not requeued: {why}",
+                    **(facts or {}))
+    return After(exit_code, f"{what}; not requeued: {why}")
+
+
+def run_in_foreground(cfg, plan, backend: Backend, run_dir: str, out, err) -> int:  # type: ignore[no-untyped-def]
+    """A foreground backend (the local one): run the job here to its end. When its ranks do not all complete,
+    this is the batch host: what follows is decided as there, and a requeued job (a hang) starts again here as
+    the next restart of the same job, resuming from the run's latest checkpoint. Returns the job's exit status."""
+    import os
+
+    restart = 0
+    while True:
+        job_id, rc = backend.launch(plan, run_dir, out, err, restart_count=restart)
+        if rc == 0:
+            return 0
+        w = getattr(cfg, "watchdog", None)
+        after = after_ranks(
+            run_dir, rc, backend=backend, world_size=plan.world_size, job_signal=plan.signal,
+            signal_delay_s=plan.signal_delay_s, max_timeouts=int(cfg.requeue.max_timeouts),
+            max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=plan.requeue,
+            environ={**os.environ, SLURM_ENV["job_id"]: job_id, SLURM_ENV["restart_count"]: str(restart)},
+            watchdog_requeue=bool(getattr(w, "requeue", True)) if w is not None else True)
+        err.write(f"\nzerorun: {after.message}\nrun folder: {run_dir}\n")
+        if not after.requeued:
+            return after.exit_code
+        restart += 1
+        err.write(f"zerorun: starting the ranks again (restart {restart}), from the run's latest checkpoint\n")
 
 
 def max_excluded(cfg, backend_name: str) -> int:
@@ -178,8 +234,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """`python -m jobs.host after STATUS RUN_DIR` or `... after STATUS --array SWEEP_INDEX_FILE`."""
     import os
 
-    from jobs.rank import run_dir_from_args
-    from jobs.runs import load_config
+    from jobs.runs import load_config, run_dir_from_args
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[0] != "after" or not args[1].lstrip("-").isdigit():

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping, Optional, Sequence
 
 from trainer_core.contract import DEFAULT_SIGNAL, RUN_DIR_ENV, SIGNAL_ENV
 from trainer_core.signals import StopSignals
@@ -23,24 +22,8 @@ from cluster.rendezvous import RendezvousError  # noqa: E402
 from jobs.runs import load_config  # noqa: E402
 from trainer_core import attempts  # noqa: E402
 
-USAGE = "usage: python -m jobs.rank RUN_DIR | python -m jobs.rank --array SWEEP_INDEX_FILE"
-
-
-def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[str]:
-    """The run folder named by the arguments (a sweep member's: found from the array task id); None after
-    printing why when there is none."""
-    if len(argv) == 2 and argv[0] == "--array":
-        from cluster.sweep_plan import SweepIndexError, member_run_dir
-
-        try:
-            return member_run_dir(argv[1], environ)
-        except SweepIndexError as e:
-            print(f"zerorun: rank cannot start: {e}", file=sys.stderr)
-            return None
-    if len(argv) == 1:
-        return argv[0]
-    print(USAGE, file=sys.stderr)
-    return None
+# the entry's arguments are read as the watchdog and the host step read them (jobs/runs.py: no signal hold there)
+from jobs.runs import USAGE, run_dir_from_args  # noqa: E402,F401
 
 
 def follow_allocation(cfg, granted_nodes: int) -> None:  # type: ignore[no-untyped-def]

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+import sys
+from typing import Any, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
 from trainer_core import attempts, layout
 
 CONFIG_NAME = layout.CONFIG
+
+# the rank entry's arguments, which the hang watchdog and the host step take too. Here, not in jobs/rank.py:
+# importing that module holds the stop signals (the rank's start-up), which a watchdog must not inherit
+USAGE = "usage: python -m jobs.rank RUN_DIR | python -m jobs.rank --array SWEEP_INDEX_FILE"
+
+
+def run_dir_from_args(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[str]:
+    """The run folder named by the arguments (a sweep member's: found from the array task id); None after
+    printing why when there is none."""
+    if len(argv) == 2 and argv[0] == "--array":
+        from cluster.sweep_plan import SweepIndexError, member_run_dir
+
+        try:
+            return member_run_dir(argv[1], environ)
+        except SweepIndexError as e:
+            print(f"zerorun: rank cannot start: {e}", file=sys.stderr)
+            return None
+    if len(argv) == 1:
+        return argv[0]
+    print(USAGE, file=sys.stderr)
+    return None
 
 
 class RunFolderError(ValueError):
@@ -125,8 +147,24 @@ def resumed_config(resume_dir: str, overrides: list[str]) -> DictConfig:
     live = live_job(run_dir)
     if live:
         raise RunFolderError(f"resume={resume_dir}: not while the run is alive: {live}")
+    check_watchdog_timeout(cfg)
     check_resumable(cfg)
     return cfg
+
+
+def check_watchdog_timeout(cfg: DictConfig) -> None:
+    """Refuse a resume whose watchdog.timeout_s is not longer than the step time an earlier attempt of the run
+    measured (the ranks' "step_time" record): every step would count as a hang."""
+    from trainer_core import attempts
+
+    timeout = cfg.watchdog.timeout_s if cfg.get("watchdog") is not None else None
+    measured = [e for e in attempts.read(cfg.run_dir) if e["event"] == "step_time"]
+    if timeout is None or not measured or float(measured[-1]["seconds"]) < float(timeout):
+        return
+    raise ValueError(f"resume={cfg.run_dir}: watchdog.timeout_s={timeout:g} is shorter than one optimizer step "
+                     f"of this run ({float(measured[-1]['seconds']):.2f} s measured in job "
+                     f"{measured[-1].get('job_id')}): every step would count as a hang; set watchdog.timeout_s to "
+                     "a few times the step time (or null for no watchdog)")
 
 
 # the trainer's keys that follow the cluster geometry unless set by hand (configs/schema.py)

@@ -20,7 +20,6 @@ from cluster.plan import JobPlan
 from jobs.problems import report
 from jobs.dryrun import context, refuse_secrets, rendered_files, write_files
 from trainer_core import layout
-from trainer_core.contract import EXIT_RESUMABLE
 
 
 def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Optional[TextIO] = None,
@@ -87,19 +86,9 @@ def submit(cfg: Any, plan: JobPlan, *, out: Optional[TextIO] = None, err: Option
 
 def _run_here(cfg: Any, plan: JobPlan, backend: Backend, run_dir: str, out: TextIO, err: TextIO) -> int:
     """Run a foreground job to its end; a resumable stop is decided and recorded as on a batch host."""
-    import os
+    from jobs.host import run_in_foreground
 
-    from jobs.host import after_ranks
-
-    job_id, rc = backend.launch(plan, run_dir, out, err)
-    if rc == EXIT_RESUMABLE:
-        after = after_ranks(
-            run_dir, rc, backend=backend, world_size=plan.world_size, job_signal=plan.signal,
-            signal_delay_s=plan.signal_delay_s, max_timeouts=int(cfg.requeue.max_timeouts),
-            max_preemptions=cfg.requeue.max_preemptions, requeue_enabled=plan.requeue,
-            environ={**os.environ, "SLURM_JOB_ID": job_id})
-        err.write(f"\nzerorun: {after.message}\nrun folder: {run_dir}\n")
-        return after.exit_code
+    rc = run_in_foreground(cfg, plan, backend, run_dir, out, err)
     if rc != 0:
         return rc
     metrics_file = Path(run_dir) / layout.METRICS

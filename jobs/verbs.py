@@ -122,6 +122,26 @@ def failing_rank(run_dir: Path, job_id: Optional[str], backend: str = "slurm") -
     return None
 
 
+def member_outcome(run_dir: str | Path) -> str:
+    """What ended a run's last attempt, in one short line for a sweep's table: "HUNG at step 29 (training):
+    rank 1 on n2; stacks RUN/stacks/41-0", "rank 1 on n2: Killed (SIGKILL)", "rank 0 on n1: exit code 1";
+    "" when the record names no rank (still running, completed, or an older record)."""
+    events = attempts.read(run_dir)
+    last = attempts.current(events)
+    if last is None:
+        return ""
+    if last.hang and not last.requeued:
+        h = last.hang
+        stacks = f"; stacks {Path(run_dir) / h['stacks']}" if h.get("stacks") else ""
+        return (f"HUNG at step {h.get('step')} ({h.get('phase')}): rank {', '.join(map(str, h.get('ranks') or []))} "
+                f"on {', '.join(h.get('nodes') or []) or '?'}{stacks}")
+    failed = [e for e in events if e["event"] == "failed" and str(e.get("job_id")) == last.job_id]
+    if failed and failed[-1].get("rank") is not None:
+        f = failed[-1]
+        return f"rank {f['rank']} on {f.get('node', '?')}: {f.get('how', 'failed')}"
+    return ""
+
+
 def _print_table(columns: Sequence[str], rows: list[Sequence[str]], out: TextIO) -> None:
     table.show(columns, rows, out)
 

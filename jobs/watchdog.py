@@ -203,7 +203,10 @@ def watch(run_dir: Path, *, backend, world_size: int, limits: Limits, environ: M
     """Watch until a hang (returns the recorded event) or until killed (the job script stops it)."""
     job_id, restart = backend.job_identity(environ)
     started = now()
+    parent = os.getppid()
     while True:
+        if os.getppid() != parent:
+            return None  # the job script (or local launcher) that started it is gone: nothing left to watch
         starts = {int(e["rank"]): e for e in attempts.read(run_dir) if e["event"] == "rank_start"
                   and str(e.get("job_id")) == job_id and int(e.get("restart_count") or 0) == restart}
         views = rank_views(run_dir, world_size, job_id, restart, started, starts)
@@ -242,8 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return dump(int(args[1]), Path(args[2]))
 
     from cluster.backends import get_backend
-    from jobs.rank import run_dir_from_args
-    from jobs.runs import load_config
+    from jobs.runs import load_config, run_dir_from_args
 
     run_dir = run_dir_from_args(args, os.environ)
     if run_dir is None:

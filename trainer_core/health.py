@@ -1,5 +1,6 @@
 """A quick health check of each rank's node when training starts: the rank's device is there, a small matmul on
-it gives the right answer, and one all-reduce over every rank arrives whole. A node that fails is named (in the
+it gives the right answer, one all-reduce among the ranks of each node arrives whole (the node's own
+interconnect, e.g. NVLink: a wrong sum names that node), and one over every rank does. A node that fails is named (in the
 rank's log and as a `bad_node` event in attempts.jsonl) and the rank exits with EXIT_BAD_NODE; the batch host
 then requeues the job without that node (jobs/host.py, requeue.max_excluded_nodes).
 
@@ -44,6 +45,25 @@ def check_device(device: torch.device) -> Optional[str]:
     return None
 
 
+def check_node_all_reduce(device: torch.device, rv: Rendezvous) -> Optional[str]:
+    """One all-reduce among this node's ranks only, in a process group of their own. The group is made with
+    group-local synchronisation: each rank joins only its own node's group, so the cost does not grow with the
+    number of nodes. Nothing to check with one rank on the node."""
+    if not (dist.is_available() and dist.is_initialized()) or rv.tasks_per_node < 2:
+        return None
+    first = rv.rank - rv.local_rank  # ranks are numbered node by node (srun's block distribution)
+    ranks = list(range(first, first + rv.tasks_per_node))
+    group = dist.new_group(ranks, use_local_synchronization=True)
+    try:
+        t = torch.ones(1, device=device)
+        dist.all_reduce(t, group=group)
+    finally:
+        dist.destroy_process_group(group)
+    if int(t.item()) != len(ranks):
+        return f"an all-reduce of ones over the {len(ranks)} ranks of this node (ranks {first}-{ranks[-1]}) gave {t.item()}"
+    return None
+
+
 def check_all_reduce(device: torch.device, world_size: int) -> Optional[str]:
     if not (dist.is_available() and dist.is_initialized()) or world_size < 2:
         return None
@@ -67,7 +87,7 @@ class NodeHealth(pl.Callback):
         why = None
         if self.fail_on is not None and rv.node == str(self.fail_on):
             why = "failed on purpose (health.test_only_fail_on_node, a test-only setting)"
-        why = why or check_device(device)
+        why = why or check_device(device) or check_node_all_reduce(device, rv)
         if why:
             attempts.append(self.run_dir, "bad_node", node=rv.node, rank=rv.rank, job_id=rv.job_id,
                             restart_count=rv.restart_count, reason=why)

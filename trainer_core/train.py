@@ -161,8 +161,13 @@ def build_trainer(cfg: DictConfig, rendezvous: Rendezvous, run_dir: Path, store:
     reporting: list[pl.Callback] = []
     if progress is not None:
         w = cfg.get("watchdog")
+        def measured(seconds: float) -> None:  # rank 0 keeps it: a resume with a shorter timeout is refused
+            if rendezvous.rank == 0:
+                attempts.append(run_dir, "step_time", seconds=round(seconds, 4), job_id=rendezvous.job_id,
+                                restart_count=rendezvous.restart_count)
+
         report = ReportProgress(progress, hang or HangForTest(None, rendezvous),
-                                w.timeout_s if w is not None else None)
+                                w.timeout_s if w is not None else None, measured)
         checkpoint.progress = report
         reporting.append(report)
     health = cfg.get("health")

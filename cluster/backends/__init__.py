@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # type names only: importing these modules costs nothing at r
     from cluster.plan import JobPlan
     from cluster.render import RankRow, RenderContext
     from cluster.requeue import JobClock
-    from cluster.slurm import JobState
+    from cluster.slurm import JobState, TaskFailure
 
 
 @runtime_checkable
@@ -46,8 +46,11 @@ class Backend(Protocol):
     def ask_scheduler(self, run_dir: str, facts: "ClusterFacts", out: TextIO) -> list[str]:
         """Dry run: would the scheduler take the written script? Prints its answer; returns problems."""
 
-    def launch(self, plan: "JobPlan", run_dir: str, out: TextIO, err: TextIO) -> tuple[str, int]:
-        """Start the job: (job id, 0) once queued, or for a foreground backend (job id, the job's exit status)."""
+    def launch(self, plan: "JobPlan", run_dir: str, out: TextIO, err: TextIO,
+               restart_count: int = 0) -> tuple[str, int]:
+        """Start the job: (job id, 0) once queued, or for a foreground backend (job id, the job's exit status);
+        a foreground backend starts the same job again with the next `restart_count` when its host step
+        requeued it (jobs/host.py run_in_foreground)."""
 
     # ---- following a job ----
     def query(self, job_ids: list[str]) -> dict[str, "JobState"]:
@@ -77,6 +80,10 @@ class Backend(Protocol):
     def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
         """On the batch host: put this exact job back into the queue, kept off the nodes in `exclude` (the
         whole list: the run's bad nodes so far). (ok, what happened)"""
+
+    def rank_failures(self, environ: Mapping[str, str], run_dir: str) -> list["TaskFailure"]:
+        """On the batch host, once the ranks have ended: the ranks that failed, the first first, as the launcher
+        reported them (rank, node, "Killed" / "Segmentation fault" / "exit code 1")."""
 
     def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
         """Inside the job (the hang watchdog): run `argv` once on one of the job's nodes, beside the ranks, even

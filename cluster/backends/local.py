@@ -7,11 +7,15 @@ prints it (job.local.sh), so the dry run shows exactly what a rank gets.
 The launcher supervises: when one rank fails, the others are stopped, and the failing rank is reported. A stop
 (the job's signal, SIGTERM, Ctrl-C) reaches every rank, which checkpoints at the next step boundary and exits
 resumable; the launcher waits for that save however long it takes (a second Ctrl-C ends the ranks at once).
+Beside the ranks it runs the same hang watchdog the batch host runs on a cluster (jobs/watchdog.py); a hung
+attempt is "requeued" by starting the ranks again here, as the next restart of the same job (the decision is the
+batch host's, jobs/host.py; the loop that starts them again is jobs/host.py run_in_foreground).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import subprocess
@@ -27,6 +31,7 @@ from cluster.plan import JobPlan, RankSpec
 from cluster.here import local_command
 from cluster.preflight import ClusterFacts, Preflight, local_container_problems, plan_problems
 from cluster.rendezvous import PORT_OVERRIDE_ENV, SLURM_ENV
+from cluster.slurm import TaskFailure
 from trainer_core import layout
 from trainer_core.contract import EXIT_RESUMABLE, Rendezvous, free_port
 
@@ -44,9 +49,24 @@ class LocalResult:
     failed_rank: Optional[int]
     logs: dict[int, str]
     job_id: str = "0"
+    # rank -> the node name it was given (local0, local1, ...: cluster.nodes rehearsed on this machine)
+    nodes: dict[int, str] = dataclasses.field(default_factory=dict)
+
+    def failures(self) -> list[TaskFailure]:
+        """The rank that failed, as srun would report it ("Killed", "Segmentation fault", "exit code 1")."""
+        if self.failed_rank is None:
+            return []
+        code = self.returncode
+        how = (signal.strsignal(-code) or f"signal {-code}") if code < 0 else f"exit code {code}"
+        return [TaskFailure(self.failed_rank, self.nodes.get(self.failed_rank, LOCAL_HOST), how)]
 
 
-def rank_environ(plan: JobPlan, spec: RankSpec, job_id: str, port: int | str) -> dict[str, str]:
+def node_name(spec: RankSpec) -> str:
+    return f"local{spec.node_rank}"
+
+
+def rank_environ(plan: JobPlan, spec: RankSpec, job_id: str, port: int | str,
+                 restart_count: int | str = 0) -> dict[str, str]:
     """The variables srun would set for this task, plus zerorun's own: what a local rank gets."""
     facts = {
         "job_id": job_id,
@@ -57,7 +77,8 @@ def rank_environ(plan: JobPlan, spec: RankSpec, job_id: str, port: int | str) ->
         "num_nodes": plan.nodes,
         "nodelist": LOCAL_HOST,
         "cpus_per_task": plan.cpus_per_task,
-        "node_name": f"local{spec.node_rank}",
+        "node_name": node_name(spec),
+        "restart_count": restart_count,
     }
     env = {SLURM_ENV[k]: str(v) for k, v in facts.items()}
     env.update(dict(plan.env))
@@ -70,7 +91,7 @@ def local_commands(plan: JobPlan) -> str:
     port are chosen at start: the launcher's process id and a free port)."""
     lines = [f"cd {quoting.word(plan.workdir)}"]
     for spec in plan.ranks([LOCAL_HOST] * plan.nodes):
-        env = rank_environ(plan, spec, "<launcher pid>", "<free port>")
+        env = rank_environ(plan, spec, "<launcher pid>", "<free port>", "<restarts so far>")
         assigns = " ".join(f"{k}={quoting.word(v)}" for k, v in env.items())
         log = quoting.word(f"{plan.run_dir}/{layout.local_rank_log(spec.rank)}")
         lines.append(f"env {assigns} {quoting.join(plan.entry)} >> {log} 2>&1")
@@ -97,8 +118,15 @@ class LocalBackend:
     def ask_scheduler(self, run_dir: str, facts: ClusterFacts, out: TextIO) -> list[str]:
         return []
 
-    def launch(self, plan: JobPlan, run_dir: str, out: TextIO, err: TextIO) -> tuple[str, int]:
-        result = run(plan)
+    def __init__(self) -> None:
+        # the launcher's last attempt (rank_failures reads it, as the batch host reads srun's report)
+        self.last: Optional[LocalResult] = None
+
+    def launch(self, plan: JobPlan, run_dir: str, out: TextIO, err: TextIO,
+               restart_count: int = 0) -> tuple[str, int]:
+        """Run the ranks to their end; `restart_count`: the how-manieth start of this job (a hung attempt's
+        ranks start again, as a requeued Slurm job does)."""
+        result = self.last = run(plan, restart_count=restart_count)
         if result.returncode not in (0, EXIT_RESUMABLE):
             where = f"rank {result.failed_rank}" if result.failed_rank is not None else "the job"
             err.write(f"\nzerorun: {where} failed (exit {result.returncode}); "
@@ -125,13 +153,19 @@ class LocalBackend:
         return None  # the local backend always starts every planned rank
 
     def job_identity(self, environ: Mapping[str, str]) -> tuple[str, int]:
-        return environ.get(SLURM_ENV["job_id"], "0"), 0
+        return environ.get(SLURM_ENV["job_id"], "0"), rendezvous.restart_count(environ)
 
     def job_clock(self, environ: Mapping[str, str]) -> None:
         return None
 
     def requeue(self, environ: Mapping[str, str], exclude: Sequence[str] = ()) -> tuple[bool, str]:
-        return False, "a local run cannot be requeued"
+        # Only a hang gets here (a stop is never requeued locally: no_requeue): the launcher starts the ranks again
+        if exclude:
+            return False, f"a local run has one machine: it cannot leave out {', '.join(exclude)}"
+        return True, "the launcher starts the ranks again here"
+
+    def rank_failures(self, environ: Mapping[str, str], run_dir: str) -> list[TaskFailure]:
+        return self.last.failures() if self.last is not None else []
 
     def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
         return local_command(argv, timeout)  # every rank runs on this machine
@@ -143,8 +177,9 @@ class LocalBackend:
         return True, f"sent SIGKILL to the ranks (pids {', '.join((str(p) for _n, p in pids))})"
 
 
-def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None) -> LocalResult:
-    """Run every rank to completion. Rank 0 writes to this terminal, every rank also to logs/rank-N.log."""
+def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None, restart_count: int = 0) -> LocalResult:
+    """Run every rank to completion, the hang watchdog beside them (plan.watchdog). Rank 0 writes to this
+    terminal, every rank also to logs/rank-N.log."""
     base = dict(os.environ if base_env is None else base_env)
     # Slurm variables of an enclosing allocation would contradict the ones set per rank.
     base = {k: v for k, v in base.items() if not k.startswith("SLURM_")}
@@ -155,17 +190,25 @@ def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None) -> LocalRes
 
     procs: dict[int, subprocess.Popen] = {}
     logs: dict[int, str] = {}
+    nodes: dict[int, str] = {}
     files = []
+    watchdog: Optional[subprocess.Popen] = None
     # Forwarding starts before any rank does: a signal meanwhile reaches the ranks already started (one is
     # enough: the ranks agree on a stop at the next step).
     try:
         with _forwarding(procs, plan.signal):
+            if plan.watchdog:
+                # the job's identity as the ranks see it; its output (a hang's one line) goes to this terminal
+                # (a session of its own: a Ctrl-C at the terminal is the launcher's to forward, not the watchdog's)
+                watchdog = subprocess.Popen(render.watchdog_argv(plan), start_new_session=True, env={
+                    **base, SLURM_ENV["job_id"]: job_id, SLURM_ENV["restart_count"]: str(restart_count)})
             for spec in plan.ranks([LOCAL_HOST] * plan.nodes):
                 path = Path(plan.run_dir) / layout.local_rank_log(spec.rank)
                 logs[spec.rank] = str(path)
+                nodes[spec.rank] = node_name(spec)
                 f = open(path, "ab")
                 files.append(f)
-                env = {**base, **rank_environ(plan, spec, job_id, port)}
+                env = {**base, **rank_environ(plan, spec, job_id, port, restart_count)}
                 lead = spec.rank == 0
                 procs[spec.rank] = subprocess.Popen(
                     list(plan.entry), env=env, stdout=subprocess.PIPE if lead else f, stderr=subprocess.STDOUT
@@ -173,11 +216,14 @@ def run(plan: JobPlan, base_env: Optional[Mapping[str, str]] = None) -> LocalRes
                 if lead:
                     threading.Thread(target=_tee, args=(procs[0].stdout, f), daemon=True).start()
             result = _supervise(procs, logs)
-            return LocalResult(result.returncode, result.failed_rank, logs, job_id)
+            return LocalResult(result.returncode, result.failed_rank, logs, job_id, nodes)
     except KeyboardInterrupt:  # the second Ctrl-C: the ranks end now
         _stop(procs)
-        return LocalResult(130, None, logs, job_id)
+        return LocalResult(130, None, logs, job_id, nodes)
     finally:
+        if watchdog is not None:  # as the job script stops it once srun returns
+            watchdog.terminate()
+            watchdog.wait()
         for f in files:
             f.close()
 

@@ -43,7 +43,8 @@ class SlurmBackend:
     def ask_scheduler(self, run_dir: str, facts: preflight.ClusterFacts, out: TextIO) -> list[str]:
         return preflight.ask_test_only(run_dir, None, facts, out, "script")
 
-    def launch(self, plan: JobPlan, run_dir: str, out: TextIO, err: TextIO) -> tuple[str, int]:
+    def launch(self, plan: JobPlan, run_dir: str, out: TextIO, err: TextIO,
+               restart_count: int = 0) -> tuple[str, int]:  # Slurm restarts its jobs itself
         return slurm.sbatch_or_find(run_dir, render.sbatch_parameters(plan)[0]["job_name"]), 0
 
     def query(self, job_ids: list[str]) -> dict[str, slurm.JobState]:
@@ -83,6 +84,18 @@ class SlurmBackend:
             excluded, said = requeue.scontrol_exclude(job, sorted(exclude))
             what = f"{what}, {said}" if excluded else f"{what}, but not {said}"
         return ok, what
+
+    def rank_failures(self, environ: Mapping[str, str], run_dir: str) -> list[slurm.TaskFailure]:
+        env = rendezvous.SLURM_ENV
+        array_job, task = environ.get(env["array_job_id"]), environ.get(env["array_task_id"], "")
+        if array_job and task.isdigit():  # a sweep member: its array task's batch log is in the sweep folder
+            log = Path(run_dir).parent / layout.array_batch_log(array_job, int(task))
+        else:
+            log = Path(run_dir) / layout.batch_log(environ.get(env["job_id"], "0"))
+        try:
+            return slurm.failed_tasks(log.read_text(errors="replace"))
+        except OSError:
+            return []
 
     def on_node(self, node: str, argv: list[str], environ: Mapping[str, str], timeout: float) -> tuple[int, str]:
         job_id = environ.get(rendezvous.SLURM_ENV["job_id"], "")

@@ -15,6 +15,7 @@ from typing import Any, Sequence, TextIO
 from jobs.sweeps import record as sweep_record
 from jobs.sweeps.record import SweepRecord
 from jobs.sweeps.refresh import read_member
+from jobs.verbs import member_outcome
 
 LOCAL_LOG = "logs/local.out"
 POLL_S = 0.5
@@ -44,13 +45,15 @@ def local_problems(built: Any) -> list[str]:
 
 def run_member(run_dir: str) -> int:
     """One member, in this process: its saved config, on the local backend."""
-    from cluster.backends import local
+    from cluster.backends import get_backend
     from cluster.plan import make_plan, read_setup_file
+    from jobs.host import run_in_foreground
     from jobs.runs import load_config
 
     cfg = load_config(run_dir)
     plan = make_plan(cfg, setup_file_lines=read_setup_file(cfg.cluster.setup_file))
-    return local.run(plan).returncode
+    # as a run of its own: the watchdog beside the ranks, a hung attempt started again, the outcome recorded
+    return run_in_foreground(cfg, plan, get_backend(plan.backend), run_dir, sys.stdout, sys.stderr)
 
 
 def run_local(record: SweepRecord, nums: Sequence[int], out: TextIO, err: TextIO) -> int:
@@ -82,7 +85,8 @@ def run_local(record: SweepRecord, nums: Sequence[int], out: TextIO, err: TextIO
                 del running[num]
                 m = by_num[num]
                 m.state = "COMPLETED" if code == 0 else ("CANCELLED" if code in (130, -2) else "FAILED")
-                m.detail = "" if code == 0 else f"exit {code}; log {Path(m.run_dir) / LOCAL_LOG}"
+                m.detail = "" if code == 0 else "; ".join(
+                    x for x in (member_outcome(m.run_dir), f"exit {code}", f"log {Path(m.run_dir) / LOCAL_LOG}") if x)
                 failed += code != 0
                 read_member(m)
                 sweep_record.save(record)

@@ -55,7 +55,7 @@ def observe(record: SweepRecord) -> dict[int, Seen]:
             if st.state in ("PENDING", "REQUEUED"):
                 detail = st.reason
             elif st.finished and st.state != "COMPLETED":
-                detail = _failure(Path(record.sweep_dir), job or "", st)
+                detail = _failure(Path(record.sweep_dir), job or "", st, m.run_dir)
         seen[m.num] = Seen(job, state, detail, *read_run_folder(m.run_dir))
     return seen
 
@@ -112,22 +112,27 @@ def read_member(m: Member) -> None:
     m.metrics, m.checkpoint, m.step, m.attempts = read_run_folder(m.run_dir)
 
 
-def _failure(sweep_dir: Path, job: str, st: Any) -> str:
-    """What an array task died of: the rank srun saw fail first (its batch log), and that rank's exception."""
+def _failure(sweep_dir: Path, job: str, st: Any, run_dir: str = "") -> str:
+    """What an array task died of: a hang, or the rank srun saw fail first (its batch log) with its node, signal
+    or exit code (the member's record says it as `zerorun status RUN_DIR` would), and that rank's exception."""
     from cluster import render, slurm
-    from jobs.verbs import last_error
+    from jobs.verbs import last_error, member_outcome
 
+    recorded = member_outcome(run_dir) if run_dir else ""
+    if recorded.startswith("HUNG"):
+        return recorded
     array_job, _, task = job.partition("_")
     batch = sweep_dir / render.array_batch_log(array_job, int(task))
     failures = slurm.failed_tasks(batch.read_text(errors="replace")) if batch.exists() else []
     rank = failures[0].rank if failures else 0
+    named = recorded or (f"rank {rank} on {failures[0].host}: {failures[0].how}" if failures else "")
     log = sweep_dir / render.array_rank_log(array_job, int(task), rank)
     # DDP prefixes every line of a rank's output with "[rankN]: "
     text = re.sub(r"(?m)^\[rank\d+\]:\s?", "", log.read_text(errors="replace")) if log.exists() else ""
     error = last_error(text)
     if error:
-        return f"rank {rank}: {error}"
-    return f"exit {st.exit_code}" if st.exit_code not in ("", "0:0") else ""
+        return f"{named}: {error}" if named else f"rank {rank}: {error}"
+    return named or (f"exit {st.exit_code}" if st.exit_code not in ("", "0:0") else "")
 
 
 def find_queued(sub: Submission) -> Optional[str]:
