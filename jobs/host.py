@@ -22,6 +22,7 @@ This runs outside the ranks (and outside any container they run in), where the s
 
 from __future__ import annotations
 
+import signal
 import sys
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
@@ -29,6 +30,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 from cluster import requeue
 from cluster.backends import Backend, get_backend
 from cluster.rendezvous import SLURM_ENV
+from cluster.slurm import TaskFailure
 from trainer_core import attempts
 from trainer_core.contract import EXIT_BAD_NODE, EXIT_RESUMABLE
 
@@ -73,7 +75,8 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
         return After(0, "")
     if ranks_status != EXIT_RESUMABLE:
         return after_dead_rank(run_dir, ranks_status, events, backend=backend, environ=environ,
-                               requeue_enabled=requeue_enabled, max_excluded_nodes=max_excluded_nodes)
+                               requeue_enabled=requeue_enabled, max_excluded_nodes=max_excluded_nodes,
+                               world_size=world_size)
 
     current = attempts.current(events)
     stop = current.stop if current else None
@@ -107,12 +110,19 @@ def after_ranks(run_dir: str, ranks_status: int, *, backend: Backend, world_size
 
 def after_dead_rank(run_dir: str, ranks_status: int, events: list[dict], *, backend: Backend,
                     environ: Mapping[str, str], requeue_enabled: bool,
-                    max_excluded_nodes: Union[int, Callable[[], int]]) -> After:
+                    max_excluded_nodes: Union[int, Callable[[], int]], world_size: int = 0) -> After:
     """A rank failed. The launcher's report names the one that failed first; a signal that may belong to its
     node (requeue.node_signal) makes the node a bad node, and the job is requeued without it when it can be."""
     job_id, restart = backend.job_identity(environ)
     failures = backend.rank_failures(environ, run_dir)
     first = failures[0] if failures else None
+    if first is None and world_size == 1 and ranks_status > 128:
+        # a one-task step that died of a signal: srun names no task, it dies of the same signal (128 + N)
+        start = [e for e in events if e["event"] == "rank_start" and str(e.get("job_id")) == job_id
+                 and int(e.get("restart_count") or 0) == restart]
+        if start and start[-1].get("node"):
+            sig = ranks_status - 128
+            first = TaskFailure(0, str(start[-1]["node"]), signal.strsignal(sig) or f"signal {sig}")
     signal_name = requeue.node_signal(first.how) if first else None
     if first is not None and signal_name is not None:
         reason = f"rank {first.rank} was killed by {signal_name} ({first.how})"

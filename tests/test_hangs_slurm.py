@@ -125,6 +125,10 @@ def test_a_rank_killed_with_sigkill_ends_the_job_within_a_minute_and_status_name
     text = status_text(run_dir)
     assert "rank 1" in text and "n2" in text and "Killed" in text, text
     assert "the last lines of its log" in text, text
+    # the node is suspect, but a 2-node job on the 2-node cluster cannot leave one out: recorded, not requeued
+    assert [(b["node"], b["rank"], b["signal"]) for b in events(run_dir, "bad_node")] == [("n2", 1, "SIGKILL")]
+    assert not events(run_dir, "requeue")
+    assert "rank 1 on n2 died of SIGKILL; not requeued" in events(run_dir, "failed")[-1]["reason"]
     print(f"\nBENCH kill9 job_end_after_kill_s={ended_s:.1f}")
 
 
@@ -156,3 +160,24 @@ def test_more_excluded_nodes_than_the_partition_spares_are_refused_before_submis
         code = launch(compose(*SLURM, *RUN, "requeue.max_excluded_nodes=1", runs_dir=tmp_path / "runs"))
     assert code != 0 and not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("job.sbatch"))
     assert "requeue.max_excluded_nodes=1" in err.getvalue() and "at most 0" in err.getvalue(), err.getvalue()
+
+
+def test_a_rank_killed_by_a_signal_marks_its_node_and_the_requeue_leaves_it_out(slurm_cluster, compose, tmp_path):
+    """A 1-node job on the 2-node cluster: the partition spares one node (requeue.max_excluded_nodes=null), so
+    a rank that dies of SIGSEGV gets its node left out and the job finishes on the other, from its checkpoint."""
+    one_node = [o for o in SLURM if not o.startswith("cluster.nodes=")] + ["cluster.nodes=1"]
+    run_dir, job_id = submit(compose, tmp_path / "runs", *one_node, *RUN, "trainer.max_steps=60")
+    wait_until("a checkpoint", lambda: events(run_dir, "checkpoint"), 120)
+    node = events(run_dir, "rank_start")[0]["node"]
+    os.kill(rank_pid(job_id, 0), signal.SIGSEGV)
+    st = finished(job_id, timeout=300)
+    assert st.state == "COMPLETED", f"job {job_id} ended {st}:\n{logs_of(run_dir)}"
+    bad = events(run_dir, "bad_node")
+    assert [(b["node"], b["rank"], b["signal"]) for b in bad] == [(node, 0, "SIGSEGV")], bad
+    requeue = events(run_dir, "requeue")
+    assert [(r["cause"], r["excluded"]) for r in requeue] == [("bad_node", [node])], requeue
+    other = ({"n1", "n2"} - {node}).pop()
+    assert [e["node"] for e in events(run_dir, "rank_start")] == [node, other]
+    assert events(run_dir, "start")[-1]["resumed_from_step"] is not None
+    text = status_text(run_dir)
+    assert f"excluded nodes: {node}" in text and f"bad node {node} (rank 0 was killed by SIGSEGV" in text, text
