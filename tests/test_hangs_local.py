@@ -106,3 +106,34 @@ def test_a_timeout_shorter_than_a_step_is_refused_with_the_measured_step_time(tm
                              cwd=REPO, capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2, refused.stdout[-2000:] + refused.stderr[-2000:]
     assert f"{measured[0]['seconds']:.2f} s measured" in refused.stderr, refused.stderr
+
+
+@pytest.mark.slow
+def test_a_local_sweeps_status_names_the_hung_member_and_the_rank_that_died(tmp_path):
+    """Two members run at once: member 0 blocks in step 5 (the test-only hang, not requeued), member 1's rank is
+    sent SIGSEGV while it trains. `zerorun status SWEEP_DIR` names, per member, what the run's own status
+    would: HUNG with the step, rank and node; the dead rank with its node and signal."""
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "jobs.cli", "-m", f"cluster.runs_dir={runs}", *TINY,
+                             "trainer.max_steps=400", "watchdog.timeout_s=5", "watchdog.requeue=false",
+                             "watchdog.test_only_hang_at_step=5", "sweep.parallelism=2",
+                             "watchdog.test_only_hang_rank=0,null"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        record = wait_until("member 1's first steps", lambda: next(
+            (p for p in runs.glob("*/sweep-*/1/progress/rank-0.json") if (read_progress(p) or {}).get("step", 0) > 2),
+            None), 180, poll=0.2)
+        os.kill(read_progress(record)["pid"], signal.SIGSEGV)
+    finally:
+        out = finish(proc, 240)
+    assert proc.returncode == 1, out[-4000:]
+    sweep_dir = record.parents[2]
+    from jobs.sweeps.verbs import status as sweep_status
+
+    text = io.StringIO()
+    assert sweep_status([str(sweep_dir)], out=text) == 0
+    rows = {line.split()[0]: line for line in text.getvalue().splitlines()[1:] if line[:1].isdigit()}
+    assert "HUNG at step 4 (training): rank 0 on local0" in rows["0"], text.getvalue()
+    assert "rank 0 on local0: Segmentation fault (SIGSEGV)" in rows["1"], text.getvalue()
+    assert "FAILED" in rows["0"] and "FAILED" in rows["1"], text.getvalue()
