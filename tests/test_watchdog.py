@@ -116,6 +116,9 @@ class FakeScheduler:
         self.excluded = list(exclude)
         return True, "requeued"
 
+    def rank_failures(self, environ, run_dir):
+        return list(getattr(self, "failures", []))
+
 
 def hung(run_dir: Path, job: str, restart: int, step: int) -> None:
     attempts.append(run_dir, "rank_start", rank=0, job_id=job, restart_count=restart, world_size=2)
@@ -184,3 +187,33 @@ def test_a_hang_on_one_node_leaves_it_out_when_the_partition_spares_a_node(tmp_p
     hung(tmp_path / "b", "42", 0, 29)
     after(tmp_path / "b", backend2, "42", 0)  # max_excluded_nodes=0: requeued, nothing left out
     assert backend2.excluded == []
+
+
+def test_a_rank_killed_by_a_node_signal_marks_its_node_and_is_requeued_only_while_one_can_be_spared(tmp_path):
+    from cluster.requeue import node_signal
+    from cluster.slurm import TaskFailure
+
+    assert [node_signal(w) for w in ("Killed", "Segmentation fault (core dumped)", "Bus error", "Terminated",
+                                     "exit code 1", "Aborted")] == ["SIGKILL", "SIGSEGV", "SIGBUS", None, None, None]
+    backend = FakeScheduler()
+
+    def died(restart: int, failure: TaskFailure, status: int) -> host.After:
+        backend.failures = [failure]
+        for rank in (0, 1):
+            attempts.append(tmp_path, "rank_start", rank=rank, job_id="41", restart_count=restart, world_size=2)
+        return host.after_ranks(str(tmp_path), status, backend=backend, world_size=2, job_signal="USR2",
+                                signal_delay_s=60, max_timeouts=3, max_preemptions=None, requeue_enabled=True,
+                                environ={"JOB": "41", "RESTART": str(restart)}, max_excluded_nodes=lambda: 1)
+
+    first = died(0, TaskFailure(1, "n2", "Killed"), 137)
+    assert first.requeued and backend.excluded == ["n2"] and "rank 1 on n2 died of SIGKILL" in first.message
+    second = died(1, TaskFailure(0, "n3", "Segmentation fault"), 139)  # a second node would pass the limit of 1
+    assert (second.exit_code, second.requeued, backend.requeued) == (139, False, 1), second
+    assert "more than requeue.max_excluded_nodes=1" in second.message
+    bad = [(e["node"], e["rank"], e["signal"]) for e in attempts.read(tmp_path) if e["event"] == "bad_node"]
+    assert bad == [("n2", 1, "SIGKILL"), ("n3", 0, "SIGSEGV")]
+    third = died(2, TaskFailure(1, "n4", "exit code 1"), 1)  # the program's own failure marks no node
+    assert not third.requeued and "rank 1 on n4: exit code 1" in third.message
+    failed = [e for e in attempts.read(tmp_path) if e["event"] == "failed"]
+    assert [(f["rank"], f["node"], f["how"]) for f in failed] == [(0, "n3", "Segmentation fault (SIGSEGV)"),
+                                                                   (1, "n4", "exit code 1")]
