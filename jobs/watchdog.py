@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -243,6 +244,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) == 3 and args[0] == "dump":
         return dump(int(args[1]), Path(args[2]))
+    # Stopped with SIGTERM when the ranks are done: a mask or "ignore" inherited from whoever started the
+    # launcher (a process that held the stop signals, as a rank does at start-up) must not keep it alive
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     from cluster.backends import get_backend
     from jobs.runs import load_config, run_dir_from_args

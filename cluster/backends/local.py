@@ -91,7 +91,7 @@ def local_commands(plan: JobPlan) -> str:
     port are chosen at start: the launcher's process id and a free port)."""
     lines = [f"cd {quoting.word(plan.workdir)}"]
     for spec in plan.ranks([LOCAL_HOST] * plan.nodes):
-        env = rank_environ(plan, spec, "<launcher pid>", "<free port>", "<restarts so far>")
+        env = rank_environ(plan, spec, "<launcher pid>", "<free port>")  # the first start (restart 0)
         assigns = " ".join(f"{k}={quoting.word(v)}" for k, v in env.items())
         log = quoting.word(f"{plan.run_dir}/{layout.local_rank_log(spec.rank)}")
         lines.append(f"env {assigns} {quoting.join(plan.entry)} >> {log} 2>&1")
