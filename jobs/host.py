@@ -245,6 +245,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import os
 
     from jobs.runs import load_config, run_dir_from_args
+    from trainer_core.contract import DEFAULT_SIGNAL, SIGNAL_ENV
+    from trainer_core.signals import StopSignals
+
+    # `scontrol requeue` ends the job's batch script, this step included, with SIGTERM (SIGKILL after KillWait):
+    # the stop signals are held so that what follows the requeue (the excluded nodes, the record) is done
+    StopSignals(os.environ.get(SIGNAL_ENV, DEFAULT_SIGNAL)).hold()
 
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[0] != "after" or not args[1].lstrip("-").isdigit():
