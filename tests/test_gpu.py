@@ -45,3 +45,37 @@ def test_stock_deepspeed_strategy_and_bf16_on_cuda(compose):
     assert placement.precision == ("bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true")
     zero = placement.strategy.config["zero_optimization"]
     assert zero["reduce_bucket_size"] == 200_000_000
+
+
+def test_node_health_check_on_a_gpu():
+    """The health check's GPU branch: the rank's device is visible and a matmul on it is right; a GPU index past
+    the visible ones is named as not visible."""
+    from trainer_core.health import check_device
+
+    assert check_device(torch.device("cuda:0")) is None
+    missing = torch.cuda.device_count()
+    why = check_device(torch.device(f"cuda:{missing}"))
+    assert why is not None and "not visible" in why, why
+
+
+@pytest.mark.deepspeed
+def test_eval_of_a_bf16_deepspeed_run_on_a_gpu(compose, tmp_path):
+    """zerorun eval of a ZeRO-2 run trained on a GPU in bf16: its fp32 master weights, gathered from the shards,
+    give the run's own final validation loss within bf16's rounding (the run validated with bf16 weights, the
+    evaluation with the fp32 master copy under bf16 autocast: a difference of a few parts in a thousand)."""
+    import io
+    import json
+
+    from jobs import evaluation, verbs
+
+    cfg = compose("task=nlp/language_modeling", "trainer=deepspeed", "cluster.gpus_per_node=1",
+                  *shrink("trainer.max_steps=8", "trainer.val_check_interval=8", "dataset.max_val_samples=16"))
+    assert launch(cfg) == 0
+    run_dir = only_run_dir(tmp_path / "runs")
+    err = io.StringIO()
+    assert verbs.eval_verb([str(run_dir), "split=validation"], err=err) == 0, err.getvalue()
+    [eval_dir] = evaluation.evaluations(run_dir)
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    measured = json.loads((eval_dir / "metrics.json").read_text())
+    print(f"GPU eval: run val_loss {trained['val_loss']:.6f}, eval {measured['val_loss']:.6f}")
+    assert measured["val_loss"] == pytest.approx(trained["val_loss"], rel=2e-2)
