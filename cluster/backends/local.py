@@ -246,9 +246,13 @@ def _forwarding(procs: dict[int, subprocess.Popen], job_signal: str) -> Iterator
                 p.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in signums}
+    # a process that started this one may have blocked them (a mask is inherited through fork and exec): the
+    # launcher must receive the stop it forwards
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
     try:
         yield
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for s, handler in previous.items():
             signal.signal(s, handler)
 
