@@ -32,55 +32,57 @@ def _sweep_target(argv: list[str]) -> bool:
     return bool(argv) and not argv[0].startswith("-") and is_sweep(argv[0])
 
 
+# Each verb is handed the streams of the moment: a default argument would keep the sys.stdout of the time its
+# module was first imported.
 def _status(argv: list[str]) -> int:
     if _sweep_target(argv):
         from jobs.sweeps.verbs import status as sweep_status
 
-        return sweep_status(argv)
+        return sweep_status(argv, sys.stdout, sys.stderr)
     from jobs.sweeps.verbs import overview
     from jobs.verbs import status
 
-    return status(argv, sweeps=overview)
+    return status(argv, sys.stdout, sweeps=overview)
 
 
 def _logs(argv: list[str]) -> int:
     from jobs.verbs import logs
 
-    return logs(argv)
+    return logs(argv, sys.stdout)
 
 
 def _cancel(argv: list[str]) -> int:
     if _sweep_target(argv):
         from jobs.sweeps.verbs import cancel as sweep_cancel
 
-        return sweep_cancel(argv)
+        return sweep_cancel(argv, sys.stdout, sys.stderr)
     from jobs.verbs import cancel
 
-    return cancel(argv)
+    return cancel(argv, sys.stdout)
 
 
 def _resubmit(argv: list[str]) -> int:
     from jobs.sweeps.verbs import resubmit
 
-    return resubmit(argv)
+    return resubmit(argv, sys.stdout, sys.stderr)
 
 
 def _report(argv: list[str]) -> int:
     from jobs.sweeps.verbs import report
 
-    return report(argv)
+    return report(argv, sys.stdout, sys.stderr)
 
 
 def _eval(argv: list[str]) -> int:
     from jobs.verbs import eval_verb
 
-    return eval_verb(argv)
+    return eval_verb(argv, sys.stdout, sys.stderr)
 
 
 def _site(argv: list[str]) -> int:
     from jobs.site import main
 
-    return main(argv)
+    return main(argv, sys.stdout, sys.stderr)
 
 
 VERBS: dict[str, tuple[Callable[[list[str]], int], str]] = {
