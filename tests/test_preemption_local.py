@@ -135,7 +135,7 @@ def test_signal_stops_every_rank_at_one_step_and_resume_is_bit_exact(tmp_path, r
     assert f"stopped at step {stop} (signal USR2): checkpointed; exiting resumable (75)" in out, out[-3000:]
     assert f"stopped at step {stop} (preemption)" in out, out[-3000:]
 
-    events = [e for e in attempts.read(run_dir) if e["event"] != "rank_start"]
+    events = [e for e in attempts.read(run_dir) if e["event"] not in ("rank_start", "step_time")]
     assert [e["event"] for e in events] == ["start", "first_step", "signal", "checkpoint", "end", "requeue"]
     assert sorted(e["rank"] for e in attempts.read(run_dir) if e["event"] == "rank_start") == [0, 1]
     assert next(e for e in events if e["event"] == "checkpoint")["step"] == stop
@@ -163,7 +163,7 @@ def test_a_stop_asked_in_the_last_step_lets_the_run_finish_with_its_validation(t
                 env={"PYTHONPATH": str(inject), STOP_AT_ENV: str(STEPS), STOP_IN_ENV: where})
     assert f"zr-test: stop asked at step {STEPS}" in out, out[-3000:]
     run_dir = run_dir_of(tmp_path / "runs")
-    events = [e for e in attempts.read(run_dir) if e["event"] != "rank_start"]
+    events = [e for e in attempts.read(run_dir) if e["event"] not in ("rank_start", "step_time")]
     assert [e["event"] for e in events] == ["start", "first_step", "checkpoint", "end"], events
     assert events[-1]["status"] == "completed" and events[-1]["step"] == STEPS
     metrics = json.loads((run_dir / "metrics.json").read_text())

@@ -268,7 +268,14 @@ def test_kill_during_a_checkpoint_save_leaves_the_previous_one_to_resume_from(sl
         return next((p.name for p in checkpoints.iterdir() if p.name.startswith(".tmp-step-")), "")
 
     time.sleep(0.5)
-    interrupted = wait_until("a save in progress", saving, 30, poll=0.0005)
+    # freeze the rank inside a save, then kill it there: on a loaded machine a save can end between seeing its
+    # folder and the kill, so a save that ended before the freeze is let go and the next one is caught
+    for _ in range(50):
+        interrupted = wait_until("a save in progress", saving, 30, poll=0.0005)
+        os.kill(victim, signal.SIGSTOP)
+        if (checkpoints / interrupted).exists():
+            break
+        os.kill(victim, signal.SIGCONT)
     os.kill(victim, signal.SIGKILL)
     st = finished(job_id, timeout=60)
     assert st.state == "FAILED", st
