@@ -19,6 +19,7 @@ from cluster import slurm
 from conftest import REPO, only_run_dir
 from jobs import evaluation, snapshot, verbs
 from jobs.sweeps import record as sweep_record
+from test_submit_slurm import wait
 
 pytestmark = pytest.mark.slurm
 
@@ -45,15 +46,6 @@ def squeue_row(job_id: str) -> tuple[str, str]:
     out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True, timeout=30)
     state, _, reason = out.stdout.strip().partition("|")
     return state, reason
-
-
-def wait(job_id: str, timeout: float) -> slurm.JobState:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = slurm.query([job_id])[job_id]
-        if st.finished or time.monotonic() > deadline:
-            return st
-        time.sleep(0.5)
 
 
 def eval_dir_of(folder: Path) -> Path:
