@@ -75,6 +75,16 @@ def preempt() -> str:
     return out.stdout.strip().split(";")[0]
 
 
+def preempted_twice(run_dir: Path, job_id: str, pauses: tuple[float, float]) -> slurm.JobState:
+    """Preempt a training job twice, `pauses` seconds into its first and second attempts, and wait for its end."""
+    for attempt, after_s in enumerate(pauses, start=1):
+        training(run_dir, attempt)
+        time.sleep(after_s)
+        preempt()
+        wait_until(f"requeue {attempt}", lambda: len(events(run_dir, "requeue")) >= attempt, 60)
+    return finished(job_id, timeout=120)
+
+
 def finished(job_id: str, timeout: float) -> slurm.JobState:
     def done():
         st = slurm.query([job_id])[job_id]
@@ -130,12 +140,7 @@ def reference(tmp_path_factory) -> Callable[[tuple[str, ...]], Path]:
 def test_ddp_preempted_twice_ends_bit_identical_with_one_loss_series(slurm_cluster, compose, reference, tmp_path):
     ref = reference(DDP)
     run_dir, job_id = submit(compose, tmp_path / "runs", *SLURM, *DDP)
-    for attempt, after_s in ((1, 0.5), (2, 2.0)):  # two different points of the run
-        training(run_dir, attempt)
-        time.sleep(after_s)
-        preempt()
-        wait_until(f"requeue {attempt}", lambda: len(events(run_dir, "requeue")) >= attempt, 60)
-    st = finished(job_id, timeout=120)
+    st = preempted_twice(run_dir, job_id, (0.5, 2.0))  # two different points of the run
     assert st.state == "COMPLETED", f"job {job_id} ended {st}:\n{logs_of(run_dir)}"
 
     runs = attempts.attempts(attempts.read(run_dir))

@@ -6,13 +6,11 @@ API key, passed by name, is in no file of the run folder, the job script and the
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from test_preemption_slurm import SLURM, events, finished, logs_of, preempt, submit, training
+from test_preemption_slurm import SLURM, logs_of, preempted_twice, submit
 from test_trackers import FAKE_SECRETS, assert_no_secret_in, wandb_attempts
-from conftest import wait_until
 from trainer_core import attempts
 
 pytestmark = pytest.mark.slurm
@@ -28,12 +26,7 @@ def test_wandb_run_continues_across_two_slurm_preemptions(slurm_cluster, compose
     monkeypatch.setenv("WANDB_API_KEY", FAKE_SECRETS["WANDB_API_KEY"])
     run_dir, job_id = submit(compose, tmp_path / "runs", *SLURM, *RUN)
     assert "WANDB_API_KEY" in (run_dir / "job.sbatch").read_text(), "the key's name is passed to the job"
-    for attempt, after_s in ((1, 0.5), (2, 1.5)):
-        training(run_dir, attempt)
-        time.sleep(after_s)
-        preempt()
-        wait_until(f"requeue {attempt}", lambda: len(events(run_dir, "requeue")) >= attempt, 60)
-    st = finished(job_id, timeout=120)
+    st = preempted_twice(run_dir, job_id, (0.5, 1.5))
     assert st.state == "COMPLETED", f"job {job_id} ended {st}:\n{logs_of(run_dir)}"
 
     runs = attempts.attempts(attempts.read(run_dir))
